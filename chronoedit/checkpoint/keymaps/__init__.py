@@ -1,0 +1,1 @@
+"""Key maps from each public format to our parameter names, one module per component."""

@@ -1,0 +1,138 @@
+"""Strict, lean loading: build the model on ``meta``, read each tensor once, cast it, assign it.
+
+Peak RAM is the loaded model plus one tensor. Every missing, unexpected and misshaped key is named in a
+single :class:`CheckpointError` before any tensor is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from chronoedit.checkpoint.errors import CheckpointError, name_some
+from chronoedit.checkpoint.keymap import KeyMap
+from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor
+
+# A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
+TensorLike = TensorInfo | Tensor
+
+
+def open_safetensors(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """Index the tensors of a ``.safetensors`` file or of a folder (sharded with ``*.safetensors.index.json``,
+    or holding exactly one ``.safetensors`` file). Reads headers only."""
+    path = Path(path)
+    if path.is_file():
+        return dict(SafetensorsFile(path))
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise CheckpointError(f"{path}: several shard indexes ({', '.join(p.name for p in indexes)})")
+    if indexes:
+        try:
+            weight_map: dict[str, str] = json.loads(indexes[0].read_text())["weight_map"]
+        except (OSError, KeyError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{indexes[0]}: corrupt shard index ({e})") from e
+        missing = sorted({s for s in weight_map.values() if not (path / s).is_file()})
+        if missing:
+            raise CheckpointError(f"{indexes[0]}: shard files missing: {', '.join(missing)}")
+        shards = {s: SafetensorsFile(path / s) for s in sorted(set(weight_map.values()))}
+        out = {}
+        absent = []
+        for key, shard in weight_map.items():
+            if key not in shards[shard]:
+                absent.append(key)
+            else:
+                out[key] = shards[shard][key]
+        if absent:
+            raise CheckpointError(f"{indexes[0]}: keys listed but not in their shard: {name_some(absent)}")
+        return out
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) != 1:
+        raise CheckpointError(
+            f"{path}: expected one .safetensors file or a *.safetensors.index.json, found {len(files)} files"
+        )
+    return dict(SafetensorsFile(files[0]))
+
+
+def materialize(t: TensorLike) -> Tensor:
+    return read_tensor(t) if isinstance(t, TensorInfo) else t
+
+
+def shape_of(t: TensorLike) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_keys(model: nn.Module, tensors: Mapping[str, TensorLike], what: str) -> None:
+    """One CheckpointError naming every missing, unexpected and misshaped key (nothing is read)."""
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    misshaped = [
+        f"{k} {shape_of(tensors[k])} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in tensors and shape_of(tensors[k]) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {name_some(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {name_some(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} misshaped: {name_some(misshaped, 6)}")
+    if problems:
+        raise CheckpointError(f"{what}: state dict does not fit the model — " + "; ".join(problems))
+
+
+def load_into(
+    model: nn.Module,
+    tensors: Mapping[str, TensorLike],
+    *,
+    what: str = "checkpoint",
+    convert: Callable[[str, Tensor], Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Load ``tensors`` (our names) into ``model`` (on ``meta`` or real), strictly, one tensor at a time.
+
+    Each tensor is read, optionally transformed by ``convert(name, tensor)`` (e.g. fp8 dequantisation),
+    cast to the dtype the model's parameter has, moved to ``device`` and assigned.
+    """
+    check_keys(model, tensors, what)
+    targets = model.state_dict(keep_vars=True)
+    loaded: dict[str, Tensor] = {}
+    for key, ref in targets.items():
+        t = materialize(tensors[key])
+        if convert is not None:
+            t = convert(key, t)
+        dtype = ref.dtype if (ref.is_floating_point() or not t.is_floating_point()) else t.dtype
+        loaded[key] = t.to(device=device, dtype=dtype)
+        del t
+    model.load_state_dict(loaded, strict=True, assign=True)
+    leftover = [n for n, b in model.named_buffers() if b.is_meta]
+    if leftover:
+        raise CheckpointError(f"{what}: buffers left on the meta device after loading: {name_some(leftover)}")
+    return model
+
+
+def renamed(tensors: Mapping[str, TensorLike], keymap: KeyMap, what: str) -> dict[str, TensorLike]:
+    """``tensors`` under our names (via ``keymap``); unknown keys raise, naming them."""
+    return keymap.convert(tensors, what)
+
+
+def cast_params(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str], bool] | None = None) -> nn.Module:
+    """Cast floating parameters and buffers to ``dtype`` except the fp32 islands (``keep_fp32(name)``).
+
+    Works on ``meta`` models too (cheap), so that :func:`load_into` then casts each tensor as it is read.
+    """
+    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if not p.is_floating_point():
+            continue
+        target = torch.float32 if (keep_fp32 is not None and keep_fp32(name)) else dtype
+        if p.dtype != target:
+            p.data = p.data.to(target)
+    return model

@@ -1,0 +1,171 @@
+"""Building blocks of the DiT: norms, attention, the transformer block and the output head.
+
+Shapes: B batch, L video tokens, Lt text tokens, Li image tokens, D model width, H heads, Dh head dim.
+Parameter names are the original Wan 2.1 names (also used by ComfyUI and the original repo).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from chronoedit.ops.attention import AttentionFn
+from chronoedit.ops.norm import fp32_layer_norm, modulate, rms_norm
+from chronoedit.ops.rope import apply_rope
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 (output in the input dtype); optionally without affine parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fp32_layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale, computed in fp32 (output in the input dtype)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def _qk_norm(dim: int, eps: float, enabled: bool) -> nn.Module:
+    return RMSNorm(dim, eps) if enabled else nn.Identity()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RMSNorm on q and k across all heads, then 3D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, attn_fn: AttentionFn) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_fn = attn_fn
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = _qk_norm(dim, eps, qk_norm), _qk_norm(dim, eps, qk_norm)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, L, D), cos/sin (L, Dh/2) -> (B, L, D)."""
+        q = rearrange(self.norm_q(self.q(x)), "b l (h d) -> b l h d", h=self.num_heads)
+        k = rearrange(self.norm_k(self.k(x)), "b l (h d) -> b l h d", h=self.num_heads)
+        v = rearrange(self.v(x), "b l (h d) -> b l h d", h=self.num_heads)
+        out = self.attn_fn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # (B, L, H, Dh)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the text tokens and, through separate k/v, to the image tokens.
+
+    The two attention results (each its own softmax) are summed before the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, attn_fn: AttentionFn, image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_fn = attn_fn
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = _qk_norm(dim, eps, qk_norm), _qk_norm(dim, eps, qk_norm)
+        self.has_image = image
+        if image:
+            self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.norm_k_img = _qk_norm(dim, eps, qk_norm)
+
+    def forward(self, x: Tensor, context: Tensor, image: Tensor | None) -> Tensor:
+        """x (B, L, D), context (B, Lt, D), image (B, Li, D) or None -> (B, L, D)."""
+        heads = "b l (h d) -> b l h d"
+        q = rearrange(self.norm_q(self.q(x)), heads, h=self.num_heads)
+        k = rearrange(self.norm_k(self.k(context)), heads, h=self.num_heads)
+        v = rearrange(self.v(context), heads, h=self.num_heads)
+        out = self.attn_fn(q, k, v)  # (B, L, H, Dh)
+        if self.has_image:
+            k_img = rearrange(self.norm_k_img(self.k_img(image)), heads, h=self.num_heads)
+            v_img = rearrange(self.v_img(image), heads, h=self.num_heads)
+            out = out + self.attn_fn(q, k_img, v_img)
+        return self.o(out.flatten(2))
+
+
+class Modulation(NamedTuple):
+    """The six adaLN vectors of a block, each (B, 1, D) in fp32 (order as stored in ``modulation``)."""
+
+    shift: Tensor
+    scale: Tensor
+    gate: Tensor
+    ffn_shift: Tensor
+    ffn_scale: Tensor
+    ffn_gate: Tensor
+
+
+class DiTBlock(nn.Module):
+    """adaLN(self-attn) → cross-attn → adaLN(FFN), residual stream in the weights' dtype.
+
+    Modulation, norms and gated residual additions are computed in fp32.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        *,
+        qk_norm: bool,
+        cross_attn_norm: bool,
+        eps: float,
+        image: bool,
+        attn_fn: AttentionFn,
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, num_heads, qk_norm, eps, attn_fn)
+        self.norm3 = LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps, attn_fn, image)
+        self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.grad_checkpoint = False  # set by chronoedit.parallelize.apply_activation_checkpointing
+
+    def forward(self, x: Tensor, e: Tensor, context: Tensor, image: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, L, D), e (B, 6, D) fp32 time projection, context (B, Lt, D), image (B, Li, D) -> (B, L, D)."""
+        m = Modulation(*(self.modulation.float() + e).unsqueeze(2).unbind(1))  # each (B, 1, D)
+        y = self.self_attn(modulate(self.norm1(x), m.shift, m.scale).to(x.dtype), cos, sin)
+        x = (x.float() + y * m.gate).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x), context, image)
+        y = self.ffn(modulate(self.norm2(x), m.ffn_shift, m.ffn_scale).to(x.dtype))
+        return (x.float() + y.float() * m.ffn_gate).to(x.dtype)
+
+
+class Head(nn.Module):
+    """Output LayerNorm, 2-vector modulation (shift, scale) and the linear projection to patch pixels."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm = LayerNorm(dim, eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x (B, L, D), e (B, D) fp32 time embedding -> (B, L, out_dim)."""
+        shift, scale = (self.modulation.float() + e[:, None]).unsqueeze(2).unbind(1)  # each (B, 1, D)
+        return self.head(modulate(self.norm(x), shift, scale).to(x.dtype))
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP tokens -> model width: LayerNorm → Linear → GELU → Linear → LayerNorm (fp32 norms, eps 1e-5)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            LayerNorm(in_dim),
+            nn.Linear(in_dim, in_dim),
+            nn.GELU(),
+            nn.Linear(in_dim, out_dim),
+            LayerNorm(out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)

@@ -1,0 +1,171 @@
+"""The ChronoEdit DiT: a plain ``nn.Module`` over a :class:`DiTConfig`.
+
+Input ``x (B, C_in, F, H, W)`` latent video (noisy latents ++ mask ++ condition), timesteps ``t (B,)`` in
+[0, 1000], text ``context (B, Lt ≤ text_len, text_dim)`` and CLIP tokens ``clip_tokens (B, Li, image_dim)``;
+output ``(B, C_out, F, H, W)``, the flow velocity.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from einops import rearrange
+from torch import Tensor, nn
+
+from chronoedit.models.dit.config import DiTConfig
+from chronoedit.models.dit.layers import DiTBlock, Head, ImageEmbedding
+from chronoedit.models.dit.rope import rope_3d, temporal_positions
+from chronoedit.ops.attention import get_attention
+
+# Parameters kept in fp32 when the model is cast to bf16/fp16: the time embedding, every modulation table
+# and every norm weight (the fp32 islands; the maths around them runs in fp32 as well).
+_FP32_PARAM = re.compile(r"(^|\.)(time_embedding|time_projection|modulation|norm\w*|img_emb\.proj\.[04])(\.|$)")
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """Timestep embedding, cos first: [cos(t·ω), sin(t·ω)] with ω_i = 10000^(−i/(dim/2)); (B,) -> (B, dim) fp32."""
+    half = dim // 2
+    omega = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * omega[None]  # (B, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class ChronoEditDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        attn_fn = get_attention(cfg.attn_backend)
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.image_dim is not None else None
+        self.blocks = nn.ModuleList(
+            DiTBlock(
+                d,
+                cfg.ffn_dim,
+                cfg.num_heads,
+                qk_norm=cfg.qk_norm,
+                cross_attn_norm=cfg.cross_attn_norm,
+                eps=cfg.eps,
+                image=cfg.image_dim is not None,
+                attn_fn=attn_fn,
+            )
+            for _ in range(cfg.num_layers)
+        )
+        self.head = Head(d, cfg.out_channels * math.prod(cfg.patch_size), cfg.eps)
+
+    # ------------------------------------------------------------------ precision
+    @staticmethod
+    def keep_fp32(name: str) -> bool:
+        """Whether parameter ``name`` stays fp32 when the model is stored in a lower precision."""
+        return _FP32_PARAM.search(name) is not None
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None) -> None:
+        """Raise a ValueError naming the offending shape and the limit, before any compute."""
+        cfg = self.cfg
+        if x.ndim != 5:
+            raise ValueError(f"x must be (B, C, F, H, W), got shape {tuple(x.shape)}")
+        b, c, f, h, w = x.shape
+        if c != cfg.in_channels:
+            raise ValueError(f"x has {c} channels, the model takes in_channels={cfg.in_channels}")
+        for name, size, p in zip(("frames", "height", "width"), (f, h, w), cfg.patch_size):
+            if size % p:
+                raise ValueError(f"latent {name} {size} is not divisible by the patch size {p} (x {tuple(x.shape)})")
+        gf, gh, gw = f // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2]
+        max_t = max(temporal_positions(gf, cfg.rope_temporal_skip_len)) + 1
+        for name, n in (("frame", max_t), ("row", gh), ("column", gw)):
+            if n > cfg.rope_max_seq_len:
+                raise ValueError(
+                    f"{n} latent {name} positions exceed rope_max_seq_len={cfg.rope_max_seq_len} (x {tuple(x.shape)})"
+                )
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, b)):
+            raise ValueError(f"timestep must be a scalar or (B={b},), got shape {tuple(t.shape)}")
+        if context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context must be (B={b}, L, text_dim={cfg.text_dim}), got {tuple(context.shape)}")
+        if context.shape[1] > cfg.text_len:
+            raise ValueError(f"context has {context.shape[1]} tokens, more than text_len={cfg.text_len}")
+        if cfg.image_dim is None:
+            if clip_tokens is not None:
+                raise ValueError("clip_tokens given but the model has no image cross-attention (image_dim=None)")
+        elif clip_tokens is None:
+            raise ValueError(f"the model needs clip_tokens (B={b}, L, image_dim={cfg.image_dim})")
+        elif clip_tokens.ndim != 3 or clip_tokens.shape[0] != b or clip_tokens.shape[2] != cfg.image_dim:
+            raise ValueError(
+                f"clip_tokens must be (B={b}, L, image_dim={cfg.image_dim}), got {tuple(clip_tokens.shape)}"
+            )
+
+    # ------------------------------------------------------------------ forward
+    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Timesteps (B,) -> time embedding e (B, D) and block modulation input e0 (B, 6, D), both fp32."""
+        dtype = self.time_embedding[0].weight.dtype
+        e = self.time_embedding(sinusoidal_embedding(t, self.cfg.freq_dim).to(dtype)).float()
+        e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.cfg.dim))
+        return e, e0
+
+    def embed_context(self, context: Tensor, clip_tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Text (B, Lt, text_dim) zero-padded to text_len, CLIP tokens (B, Li, image_dim) -> model width."""
+        dtype = self.text_embedding[0].weight.dtype
+        context = F.pad(context, (0, 0, 0, self.cfg.text_len - context.shape[1]))  # zeros, as trained
+        ctx = self.text_embedding(context.to(dtype))  # (B, text_len, D)
+        img = None if self.img_emb is None else self.img_emb(clip_tokens.to(self.img_emb.proj[1].weight.dtype))
+        return ctx, img
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None = None) -> Tensor:
+        self.check_inputs(x, t, context, clip_tokens)
+        cfg = self.cfg
+        b, _, f, h, w = x.shape
+        pt, ph, pw = cfg.patch_size
+        grid = (f // pt, h // ph, w // pw)
+        cos, sin = rope_3d(grid, cfg.rope_axes_dims, cfg.rope_theta, cfg.rope_temporal_skip_len, x.device)
+
+        x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, f, h, w)
+        x = rearrange(x, "b d f h w -> b (f h w) d")
+        e, e0 = self.embed_time(t.reshape(-1).expand(b))
+        ctx, img = self.embed_context(context, clip_tokens)
+
+        grad = torch.is_grad_enabled()
+        for block in self.blocks:
+            if grad and block.grad_checkpoint:
+                x = torch.utils.checkpoint.checkpoint(block, x, e0, ctx, img, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, e0, ctx, img, cos, sin)
+
+        x = self.head(x, e)  # (B, L, pt·ph·pw·C_out)
+        return rearrange(
+            x,
+            "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
+            f=grid[0],
+            h=grid[1],
+            w=grid[2],
+            pt=pt,
+            ph=ph,
+            pw=pw,
+        )
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> ChronoEditDiT:
+        """Initialise every parameter (for models built on ``meta`` then ``to_empty``; also the tiny demo).
+
+        Linear/conv: Xavier-uniform weights, zero biases; norms: ones/zeros; modulation tables: N(0, 1/D).
+        The output head is left non-zero so that random models give informative parity tests.
+        """
+        for name, p in self.named_parameters():
+            if name.endswith("modulation"):
+                p.copy_(torch.randn(p.shape, generator=generator) / self.cfg.dim**0.5)
+            elif p.ndim >= 2:
+                fan_out, fan_in = p.shape[0], math.prod(p.shape[1:])
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+        return self

@@ -1,0 +1,17 @@
+"""Pure tensor operations shared by the models: attention, rotary embeddings, norms, modulation."""
+
+from chronoedit.ops.attention import ATTENTION_BACKENDS, attention, get_attention
+from chronoedit.ops.norm import fp32_layer_norm, modulate, rms_norm
+from chronoedit.ops.rope import apply_rope, rope_angles, rope_frequencies
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "apply_rope",
+    "attention",
+    "fp32_layer_norm",
+    "get_attention",
+    "modulate",
+    "rms_norm",
+    "rope_angles",
+    "rope_frequencies",
+]
