@@ -60,8 +60,11 @@ def open_safetensors(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return dict(SafetensorsFile(files[0]))
 
 
-def materialize(t: TensorLike) -> Tensor:
-    return read_tensor(t) if isinstance(t, TensorInfo) else t
+def materialize(t: TensorLike, dtype: torch.dtype | None = None) -> Tensor:
+    """The tensor itself: read from disk if needed, cast to ``dtype`` (chunk by chunk when reading)."""
+    if isinstance(t, TensorInfo):
+        return read_tensor(t, dtype)
+    return t if dtype is None else t.to(dtype)
 
 
 def shape_of(t: TensorLike) -> tuple[int, ...]:
@@ -106,11 +109,14 @@ def load_into(
     targets = model.state_dict(keep_vars=True)
     loaded: dict[str, Tensor] = {}
     for key, ref in targets.items():
-        t = materialize(tensors[key])
+        src = tensors[key]
+        # cast while reading unless a conversion needs the stored values (e.g. fp8 with scales)
+        t = materialize(src, None if convert is not None or not ref.is_floating_point() else ref.dtype)
         if convert is not None:
             t = convert(key, t)
-        dtype = ref.dtype if (ref.is_floating_point() or not t.is_floating_point()) else t.dtype
-        loaded[key] = t.to(device=device, dtype=dtype)
+        if ref.is_floating_point():
+            t = t.to(ref.dtype)
+        loaded[key] = t.to(device)
         del t
     model.load_state_dict(loaded, strict=True, assign=True)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]

@@ -90,17 +90,38 @@ class SafetensorsFile(Mapping[str, TensorInfo]):
         return len(self._infos)
 
 
-def read_tensor(info: TensorInfo) -> Tensor:
-    """Read one tensor from disk into a fresh CPU tensor (its own memory, not a view of a mapping)."""
-    out = torch.empty(info.shape, dtype=info.dtype)
+_CHUNK_BYTES = 64 * 1024 * 1024  # scratch size when casting while reading
+
+
+def _read_into(f, start: int, buf: Tensor, path: Path) -> None:
+    view = memoryview(buf.view(-1).view(torch.uint8).numpy()).cast("B")
+    f.seek(start)
+    got = f.readinto(view)
+    if got != view.nbytes:
+        raise CheckpointError(f"{path}: truncated while reading a tensor ({got} of {view.nbytes} bytes)")
+
+
+def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> Tensor:
+    """Read one tensor from disk into a fresh CPU tensor, optionally cast to ``dtype`` on the way.
+
+    Casting reads at most 64 MiB of the stored dtype at a time, so a 4 GB fp32 embedding becomes a 2 GB
+    bf16 tensor without ever holding the 4 GB.
+    """
+    dtype = dtype or info.dtype
+    out = torch.empty(info.shape, dtype=dtype)
     if info.nbytes == 0:
         return out
-    buf = out.view(-1).view(torch.uint8).numpy() if info.dtype != torch.bool else out.view(torch.uint8).numpy()
     with open(info.file, "rb") as f:
-        f.seek(info.start)
-        got = f.readinto(memoryview(buf).cast("B"))
-    if got != info.nbytes:
-        raise CheckpointError(f"{info.file}: truncated while reading a tensor ({got} of {info.nbytes} bytes)")
+        if dtype == info.dtype:
+            _read_into(f, info.start, out, info.file)
+            return out
+        flat = out.view(-1)
+        step = max(1, _CHUNK_BYTES // info.dtype.itemsize)
+        scratch = torch.empty(min(step, flat.numel()), dtype=info.dtype)
+        for lo in range(0, flat.numel(), step):
+            piece = scratch[: min(step, flat.numel() - lo)]
+            _read_into(f, info.start + lo * info.dtype.itemsize, piece, info.file)
+            flat[lo : lo + piece.numel()].copy_(piece)
     return out
 
 
