@@ -16,13 +16,15 @@ def fp32_layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """x / rms(x) over the last dim in fp32, times ``weight``; the result keeps ``x``'s dtype."""
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.float()
-    return y.to(x.dtype)
+    w = None if weight is None else weight.float()
+    return F.rms_norm(x.float(), x.shape[-1:], w, eps).to(x.dtype)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` in fp32 (``x`` normalised, ``shift``/``scale`` broadcast over tokens)."""
-    return x.float() * (1 + scale) + shift
+    """adaLN: ``x * (1 + scale) + shift`` in fp32, one fused pass (``shift``/``scale`` broadcast over tokens)."""
+    return torch.addcmul(shift, x.float(), 1 + scale)
+
+
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    """``x + y * gate`` in fp32, one fused pass, returned in ``x``'s dtype."""
+    return torch.addcmul(x.float(), y.float(), gate).to(x.dtype)

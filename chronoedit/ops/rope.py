@@ -1,7 +1,8 @@
 """Rotary position embeddings with interleaved pairs (channels 2i, 2i+1 rotate together).
 
 Angles are computed in float64 (position × inverse frequency) and only their cos/sin are rounded to fp32,
-so a table never loses precision at large positions; the rotation itself runs in fp32.
+so a table never loses precision at large positions. A table is a complex64 tensor ``cos + i·sin``; the
+rotation is one complex multiply in fp32: ``(x₀ + i x₁)(cos + i sin)``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ def rope_angles(positions: Tensor, inv_freq: Tensor) -> Tensor:
     return torch.outer(positions.to(torch.float64), inv_freq.to(torch.float64))
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved channel pairs of ``x (B, L, H, D)`` by angles with ``cos, sin (L, D/2)`` (fp32).
+def rope_table(angles: Tensor) -> Tensor:
+    """complex64 rotations ``cos + i·sin`` from float64 angles (cos and sin each rounded once to fp32)."""
+    return torch.complex(angles.cos().float(), angles.sin().float())
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate interleaved channel pairs of ``x (B, L, H, D)`` by ``freqs (L, D/2)`` complex64.
 
     ``(x₀, x₁) -> (x₀ cos − x₁ sin, x₀ sin + x₁ cos)`` per pair; computed in fp32, returned in ``x``'s dtype.
     """
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, L, H, D/2, 2)
-    x0, x1 = xf.unbind(-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (L, 1, D/2): broadcast over heads
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)  # (B, L, H, D/2, 2)
-    return out.flatten(-2).to(x.dtype)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, L, H, D/2) complex
+    return torch.view_as_real(pairs * freqs[:, None, :]).flatten(-2).to(x.dtype)  # (B, L, H, D)

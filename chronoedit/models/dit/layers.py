@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.ops.attention import AttentionFn
-from chronoedit.ops.norm import fp32_layer_norm, modulate, rms_norm
+from chronoedit.ops.norm import fp32_layer_norm, gated_residual, modulate, rms_norm
 from chronoedit.ops.rope import apply_rope
 
 
@@ -50,12 +50,12 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = _qk_norm(dim, eps, qk_norm), _qk_norm(dim, eps, qk_norm)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """x (B, L, D), cos/sin (L, Dh/2) -> (B, L, D)."""
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
+        """x (B, L, D), rope (L, Dh/2) complex rotations -> (B, L, D)."""
         q = rearrange(self.norm_q(self.q(x)), "b l (h d) -> b l h d", h=self.num_heads)
         k = rearrange(self.norm_k(self.k(x)), "b l (h d) -> b l h d", h=self.num_heads)
         v = rearrange(self.v(x), "b l (h d) -> b l h d", h=self.num_heads)
-        out = self.attn_fn(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # (B, L, H, Dh)
+        out = self.attn_fn(apply_rope(q, rope), apply_rope(k, rope), v)  # (B, L, H, Dh)
         return self.o(out.flatten(2))
 
 
@@ -129,14 +129,14 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.grad_checkpoint = False  # set by chronoedit.parallelize.apply_activation_checkpointing
 
-    def forward(self, x: Tensor, e: Tensor, context: Tensor, image: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
-        """x (B, L, D), e (B, 6, D) fp32 time projection, context (B, Lt, D), image (B, Li, D) -> (B, L, D)."""
+    def forward(self, x: Tensor, e: Tensor, context: Tensor, image: Tensor | None, rope: Tensor) -> Tensor:
+        """x (B, L, D), e (B, 6, D) fp32, context (B, Lt, D), image (B, Li, D), rope (L, Dh/2) -> (B, L, D)."""
         m = Modulation(*(self.modulation.float() + e).unsqueeze(2).unbind(1))  # each (B, 1, D)
-        y = self.self_attn(modulate(self.norm1(x), m.shift, m.scale).to(x.dtype), cos, sin)
-        x = (x.float() + y * m.gate).to(x.dtype)
+        y = self.self_attn(modulate(self.norm1(x), m.shift, m.scale).to(x.dtype), rope)
+        x = gated_residual(x, y, m.gate)
         x = x + self.cross_attn(self.norm3(x), context, image)
         y = self.ffn(modulate(self.norm2(x), m.ffn_shift, m.ffn_scale).to(x.dtype))
-        return (x.float() + y.float() * m.ffn_gate).to(x.dtype)
+        return gated_residual(x, y, m.ffn_gate)
 
 
 class Head(nn.Module):

@@ -123,7 +123,7 @@ class ChronoEditDiT(nn.Module):
         b, _, f, h, w = x.shape
         pt, ph, pw = cfg.patch_size
         grid = (f // pt, h // ph, w // pw)
-        cos, sin = rope_3d(grid, cfg.rope_axes_dims, cfg.rope_theta, cfg.rope_temporal_skip_len, x.device)
+        rope = rope_3d(grid, cfg.rope_axes_dims, cfg.rope_theta, cfg.rope_temporal_skip_len, x.device)
 
         x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, f, h, w)
         x = rearrange(x, "b d f h w -> b (f h w) d")
@@ -133,9 +133,9 @@ class ChronoEditDiT(nn.Module):
         grad = torch.is_grad_enabled()
         for block in self.blocks:
             if grad and block.grad_checkpoint:
-                x = torch.utils.checkpoint.checkpoint(block, x, e0, ctx, img, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, e0, ctx, img, rope, use_reentrant=False)
             else:
-                x = block(x, e0, ctx, img, cos, sin)
+                x = block(x, e0, ctx, img, rope)
 
         x = self.head(x, e)  # (B, L, pt·ph·pw·C_out)
         return rearrange(

@@ -11,7 +11,7 @@ import functools
 import torch
 from torch import Tensor
 
-from chronoedit.ops.rope import rope_angles, rope_frequencies
+from chronoedit.ops.rope import rope_angles, rope_frequencies, rope_table
 
 
 def temporal_positions(num_frames: int, skip_len: int) -> list[int]:
@@ -27,9 +27,7 @@ def temporal_positions(num_frames: int, skip_len: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _rope_table(
-    grid: tuple[int, int, int], axes_dims: tuple[int, int, int], theta: float, skip_len: int
-) -> tuple[Tensor, Tensor]:
+def _rope_table(grid: tuple[int, int, int], axes_dims: tuple[int, int, int], theta: float, skip_len: int) -> Tensor:
     f, h, w = grid
     positions = (
         torch.tensor(temporal_positions(f, skip_len)),
@@ -45,7 +43,7 @@ def _rope_table(
         ],
         dim=-1,
     ).flatten(0, 2)  # (L = f·h·w, D/2), tokens in (f, h, w) order
-    return angles.cos().float(), angles.sin().float()
+    return rope_table(angles)
 
 
 def rope_3d(
@@ -54,7 +52,6 @@ def rope_3d(
     theta: float,
     skip_len: int,
     device: torch.device | str = "cpu",
-) -> tuple[Tensor, Tensor]:
-    """cos, sin tables (L, D/2) in fp32 for a (frames, height, width) token grid (cached per grid)."""
-    cos, sin = _rope_table(tuple(grid), tuple(axes_dims), float(theta), int(skip_len))
-    return cos.to(device), sin.to(device)
+) -> Tensor:
+    """Rotation table (L, D/2) complex64 for a (frames, height, width) token grid (cached per grid)."""
+    return _rope_table(tuple(grid), tuple(axes_dims), float(theta), int(skip_len)).to(device)
