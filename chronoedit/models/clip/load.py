@@ -1,0 +1,52 @@
+"""Load a transformers ``image_encoder/`` folder (config.json + safetensors) lean and strict."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.load import cast_params, load_into, open_safetensors
+from chronoedit.models.clip.config import CLIPVisionConfig
+from chronoedit.models.clip.vision import CLIPVisionTower
+
+
+def read_config(folder: str | os.PathLike) -> CLIPVisionConfig:
+    """The :class:`CLIPVisionConfig` of a transformers ``config.json`` in ``folder``."""
+    # imported here: the key-map module imports this package's config (a cycle at import time otherwise)
+    from chronoedit.checkpoint.keymaps.clip import config_from_transformers
+
+    path = Path(folder) / "config.json"
+    try:
+        return config_from_transformers(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read the image encoder config ({e})") from e
+
+
+def load_clip_vision(
+    folder: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    config: CLIPVisionConfig | None = None,
+) -> CLIPVisionTower:
+    """The vision tower of ``folder`` up to its penultimate block, cast to ``dtype`` (norms kept fp32).
+
+    Strict: every tensor must be used or be one the key map declares dropped (last block, post-norm,
+    projection); anything missing or misshaped is an error naming it.
+    """
+    from chronoedit.checkpoint.keymaps.clip import transformers_to_ours, with_prefix  # see read_config
+
+    cfg = config if config is not None else read_config(folder)
+    with torch.device("meta"):
+        model = CLIPVisionTower(cfg)
+    cast_params(model, dtype, CLIPVisionTower.keep_fp32)
+    what = f"{folder} (CLIP vision)"
+    tensors = transformers_to_ours(cfg.num_layers).convert(with_prefix(open_safetensors(folder)), what)
+    load_into(model, tensors, what=what, device=device)
+    return model.eval()
+
+
+__all__ = ["load_clip_vision", "read_config"]

@@ -1,0 +1,51 @@
+"""Load a transformers ``text_encoder/`` folder (config.json + safetensors, sharded or not) lean and strict."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.load import cast_params, load_into, open_safetensors
+from chronoedit.models.text.config import UMT5Config
+from chronoedit.models.text.umt5 import UMT5Encoder
+
+
+def read_config(folder: str | os.PathLike) -> UMT5Config:
+    """The :class:`UMT5Config` of a transformers ``config.json`` in ``folder``."""
+    # imported here: the key-map module imports this package's config (a cycle at import time otherwise)
+    from chronoedit.checkpoint.keymaps.umt5 import config_from_transformers
+
+    path = Path(folder) / "config.json"
+    try:
+        return config_from_transformers(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read the text encoder config ({e})") from e
+
+
+def load_umt5(
+    folder: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    config: UMT5Config | None = None,
+) -> UMT5Encoder:
+    """The encoder of ``folder``, weights cast to ``dtype`` (norms kept fp32) while read, on ``device``.
+
+    Built on ``meta`` and filled one tensor at a time, so peak host memory is about the loaded model (an fp32
+    checkpoint loaded as bf16 never exists in fp32). Every missing, unexpected or misshaped key is an error.
+    """
+    from chronoedit.checkpoint.keymaps.umt5 import TRANSFORMERS_TO_OURS, untie_embedding  # see read_config
+
+    cfg = config if config is not None else read_config(folder)
+    with torch.device("meta"):
+        model = UMT5Encoder(cfg)
+    cast_params(model, dtype, UMT5Encoder.keep_fp32)
+    tensors = TRANSFORMERS_TO_OURS.convert(untie_embedding(open_safetensors(folder)), f"{folder} (UMT5)")
+    load_into(model, tensors, what=f"{folder} (UMT5)", device=device)
+    return model.eval()
+
+
+__all__ = ["load_umt5", "read_config"]
