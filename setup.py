@@ -12,12 +12,14 @@ RUNTIME = [
     "numpy>=1.26",
     "pillow>=10.0",
     "hydra-core>=1.3",
+    "pyyaml>=6",  # comes with hydra-core; used directly for the native format and config.yaml
+    "tqdm>=4",  # comes with huggingface_hub
 ]
 
 EXTRAS = {
     # The reference implementations are oracles for the tests only; chronoedit/ never imports them.
     # ftfy: diffusers' ChronoEditPipeline cannot clean a prompt without it (our cleaning uses it when present).
-    "test": ["pytest>=8", "diffusers==0.42.1", "transformers==5.23.0", "ftfy>=6", "regex"],
+    "test": ["pytest>=8", "diffusers==0.42.1", "transformers==5.23.0", "peft>=0.17", "ftfy>=6", "regex"],
     "dev": ["ruff>=0.6"],
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.5"],
     "text": ["ftfy>=6"],
@@ -33,5 +35,4 @@ setup(
     package_data={"chronoedit": ["assets/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["chronoedit-edit=chronoedit.cli:edit_main"]},
 )

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from chronoedit.checkpoint.errors import CheckpointError, name_some
 from chronoedit.checkpoint.keymap import KeyMap
-from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor
+from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor, scratch_buffer
 
 # A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
 TensorLike = TensorInfo | Tensor
@@ -60,10 +60,10 @@ def open_safetensors(path: str | os.PathLike) -> dict[str, TensorInfo]:
     return dict(SafetensorsFile(files[0]))
 
 
-def materialize(t: TensorLike, dtype: torch.dtype | None = None) -> Tensor:
+def materialize(t: TensorLike, dtype: torch.dtype | None = None, scratch: Tensor | None = None) -> Tensor:
     """The tensor itself: read from disk if needed, cast to ``dtype`` (chunk by chunk when reading)."""
     if isinstance(t, TensorInfo):
-        return read_tensor(t, dtype)
+        return read_tensor(t, dtype, scratch)
     return t if dtype is None else t.to(dtype)
 
 
@@ -108,10 +108,11 @@ def load_into(
     check_keys(model, tensors, what)
     targets = model.state_dict(keep_vars=True)
     loaded: dict[str, Tensor] = {}
+    scratch = scratch_buffer()
     for key, ref in targets.items():
         src = tensors[key]
         # cast while reading unless a conversion needs the stored values (e.g. fp8 with scales)
-        t = materialize(src, None if convert is not None or not ref.is_floating_point() else ref.dtype)
+        t = materialize(src, None if convert is not None or not ref.is_floating_point() else ref.dtype, scratch)
         if convert is not None:
             t = convert(key, t)
         if ref.is_floating_point():

@@ -101,11 +101,16 @@ def _read_into(f, start: int, buf: Tensor, path: Path) -> None:
         raise CheckpointError(f"{path}: truncated while reading a tensor ({got} of {view.nbytes} bytes)")
 
 
-def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> Tensor:
+def scratch_buffer() -> Tensor:
+    """A reusable byte buffer for :func:`read_tensor` (one per load: per-tensor scratch fragments the heap)."""
+    return torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
+
+
+def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None, scratch: Tensor | None = None) -> Tensor:
     """Read one tensor from disk into a fresh CPU tensor, optionally cast to ``dtype`` on the way.
 
-    Casting reads at most 64 MiB of the stored dtype at a time, so a 4 GB fp32 embedding becomes a 2 GB
-    bf16 tensor without ever holding the 4 GB.
+    Casting reads at most 64 MiB of the stored dtype at a time (into ``scratch``, a :func:`scratch_buffer`, if
+    given), so a 4 GB fp32 embedding becomes a 2 GB bf16 tensor without ever holding the 4 GB.
     """
     dtype = dtype or info.dtype
     out = torch.empty(info.shape, dtype=dtype)
@@ -117,9 +122,11 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> Tensor:
             return out
         flat = out.view(-1)
         step = max(1, _CHUNK_BYTES // info.dtype.itemsize)
-        scratch = torch.empty(min(step, flat.numel()), dtype=info.dtype)
+        if scratch is None:
+            scratch = torch.empty(min(step, flat.numel()) * info.dtype.itemsize, dtype=torch.uint8)
         for lo in range(0, flat.numel(), step):
-            piece = scratch[: min(step, flat.numel() - lo)]
+            n = min(step, flat.numel() - lo)
+            piece = scratch[: n * info.dtype.itemsize].view(info.dtype)
             _read_into(f, info.start + lo * info.dtype.itemsize, piece, info.file)
             flat[lo : lo + piece.numel()].copy_(piece)
     return out

@@ -60,6 +60,9 @@ def check_targets(model: nn.Module, loras: Mapping[str, LoRAWeights], what: str 
         if mod is None:
             continue
         weight = getattr(mod, "weight", None)
+        if weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            misfit.append(f"{name}: weight stored in {weight.dtype} (load the DiT with fp8='dequantize' to use LoRAs)")
+            continue
         if w.down is not None:
             if w.up is None or w.up.shape[1] != w.down.shape[0]:
                 misfit.append(f"{name}: up/down ranks differ")

@@ -1,0 +1,101 @@
+"""Conversions between layouts, one tensor at a time (peak RAM: the largest tensor):
+
+* diffusers pipeline (folder or Hub id) -> native, optionally cast (fp32 islands kept)
+* native -> diffusers component folders (transformer/, vae/, text_encoder/ + tokenizer/, scheduler/,
+  image_processor/, lora/); not the image encoder, whose unused last block native does not keep
+* one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised) or VAE (Wan2.1_VAE.pth) -> native
+
+diffusers -> native -> diffusers gives back the same tensors bit for bit (without a dtype cast).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from chronoedit.checkpoint.diffusers_layout import FOLDERS, read_component, write_component
+from chronoedit.checkpoint.load import open_safetensors
+from chronoedit.checkpoint.native import COMPONENTS, check_output_folder, load_native_config, save_native
+from chronoedit.checkpoint.resolve import resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def diffusers_to_native(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    components: Sequence[str] = COMPONENTS,
+    overwrite: bool = False,
+    **hub: object,
+) -> Path:
+    """A diffusers checkpoint (folder or Hub id; ``hub``: ``cache_dir``, ``revision``, ``local_files_only``)
+    written as a native one. Every component is checked against our model before anything is written."""
+    check_output_folder(Path(dest), overwrite)
+    info = resolve_checkpoint(source, components=components, **hub)
+    parts = {name: read_component(info.components[name], name) for name in components}
+    return save_native(
+        dest, parts, dtype=dtype, folders=info.folders, loras=info.loras, source=str(source), overwrite=overwrite
+    )
+
+
+def native_to_diffusers(
+    source: str | os.PathLike, dest: str | os.PathLike, *, max_shard_bytes: int = 0, overwrite: bool = False
+) -> Path:
+    """A native checkpoint written as diffusers component folders (``max_shard_bytes`` > 0 shards them). No
+    ``model_index.json`` is written, since the image encoder cannot be rebuilt: copy ``image_encoder/`` and
+    ``model_index.json`` from the original pipeline to make it a complete one."""
+    native = load_native_config(source)
+    dest = Path(dest)
+    check_output_folder(dest, overwrite)
+    for name in native.files:
+        if name == "image_encoder":
+            log.warning("%s: the image encoder is not written (native keeps only the blocks it runs)", source)
+            continue
+        write_component(
+            name, native.configs[name], open_safetensors(native.path(name)), dest / FOLDERS[name], max_shard_bytes
+        )
+    for name in native.folders:
+        shutil.copytree(native.folder(name), dest / name, dirs_exist_ok=True)
+    for lora in native.loras:
+        (dest / "lora").mkdir(exist_ok=True)
+        shutil.copy2(native.root / lora, dest / "lora" / Path(lora).name)
+    return dest
+
+
+def single_file_to_native(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    component: str = "dit",
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    config: object = None,
+) -> Path:
+    """A one-file DiT (Wan naming, any prefix, fp8 with scales dequantised) or VAE (``Wan2.1_VAE.pth``) as a
+    native checkpoint holding that component. ``config`` overrides the one inferred from the file."""
+    check_output_folder(Path(dest), overwrite)
+    if component == "dit":
+        from chronoedit.checkpoint.dit import inspect_dit
+
+        src = inspect_dit(source, config)
+        log.info("%s: %s", src.where, src.format.describe())
+        return save_native(
+            dest, {"dit": (src.config, src.parts.params)}, dtype=dtype, fp8_scales={"dit": src.parts.scales},
+            source=str(source), overwrite=overwrite,
+        )  # fmt: skip
+    if component == "vae":
+        from chronoedit.checkpoint.vae import read_single_file
+
+        cfg, tensors = read_single_file(Path(source), config)
+        return save_native(dest, {"vae": (cfg, tensors)}, dtype=dtype, source=str(source), overwrite=overwrite)
+    raise ValueError(f"single-file conversion supports the dit and the vae, not {component!r}")
+
+
+__all__ = ["diffusers_to_native", "native_to_diffusers", "single_file_to_native"]

@@ -1,0 +1,82 @@
+"""Convert ChronoEdit checkpoints between layouts (one tensor in memory at a time).
+
+    # diffusers folder or Hub id -> native (optionally cast; fp32 islands stay as stored)
+    python tools/convert.py nvidia/ChronoEdit-14B-Diffusers out/chronoedit-native --dtype bf16
+    # native -> diffusers component folders (transformer/, vae/, text_encoder/, tokenizer/, scheduler/, …)
+    python tools/convert.py out/chronoedit-native out/diffusers --shard-size 5GB
+    # one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised) or Wan2.1_VAE.pth -> native
+    python tools/convert.py wan2.1_i2v_720p_14B_fp8_scaled.safetensors out/dit-native --dtype bf16
+    python tools/convert.py Wan2.1_VAE.pth out/vae-native --component vae
+
+The direction follows from the source; an existing non-empty output folder is refused without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+
+
+def parse_size(text: str) -> int:
+    """'5GB' / '500MB' / '123' -> bytes."""
+    for unit, factor in UNITS.items():
+        if text.upper().endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from chronoedit.checkpoint.convert import diffusers_to_native, native_to_diffusers, single_file_to_native
+    from chronoedit.checkpoint.errors import CheckpointError
+    from chronoedit.checkpoint.native import COMPONENTS, INDEX
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="diffusers folder, Hub repo id, native folder, or a one-file DiT / VAE")
+    p.add_argument("dest", help="output folder")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (to native only)")
+    p.add_argument("--components", default=",".join(COMPONENTS), help="diffusers -> native: which components")
+    p.add_argument("--component", choices=["dit", "vae"], default="dit", help="what a one-file source holds")
+    p.add_argument("--shard-size", default="0", help="native -> diffusers: max shard size, e.g. 5GB (0: one file)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.add_argument("--local-files-only", action="store_true", help="Hub ids: use the local cache only")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    src = Path(args.source)
+    try:
+        if src.is_file():
+            out = single_file_to_native(src, args.dest, component=args.component, dtype=dtype, overwrite=args.overwrite)
+            what = f"one-file {args.component} -> native"
+        elif (src / INDEX).is_file():
+            if dtype is not None:
+                p.error("--dtype applies to conversions to native only")
+            out = native_to_diffusers(
+                src, args.dest, max_shard_bytes=parse_size(args.shard_size), overwrite=args.overwrite
+            )
+            what = "native -> diffusers"
+        else:
+            components = [c for c in args.components.split(",") if c]
+            out = diffusers_to_native(
+                args.source, args.dest, dtype=dtype, components=components, overwrite=args.overwrite,
+                local_files_only=args.local_files_only,
+            )  # fmt: skip
+            what = "diffusers -> native"
+    except (CheckpointError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{what}: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
