@@ -1,0 +1,254 @@
+"""The edit: image + instruction -> edited image (and, with temporal reasoning, the video that leads there).
+
+Stages: text (UMT5) → image (CLIP) → VAE encode of [image, zeros…] → denoise (DiT + CFG + any solver,
+dropping the reasoning frames after ``reasoning_steps``) → VAE decode. Shapes: B = 1 edit, T latent frames,
+h × w = H/8 × W/8 latent size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from chronoedit.pipeline.components import Components
+from chronoedit.pipeline.condition import build_condition, check_num_frames, first_frame_video
+from chronoedit.pipeline.images import image_to_tensor, to_rgb, unit_to_images, video_to_unit
+from chronoedit.pipeline.profiling import Profiler
+from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA, resolve_size
+from chronoedit.sampling import SamplerConfig, build_solver, flow_schedule, select_frames
+
+PLAIN_FRAMES = 5  # plain editing: the input and the edit, 2 latent frames
+KEEP_FRAMES = (0, -1)  # what survives the reasoning drop: the input frame and the edited frame
+LATENT_CHANNELS = 16
+
+DEFAULT_NEGATIVE_PROMPT = ""  # the release scripts leave it empty ("not recommended")
+
+
+@dataclass
+class EditRequest:
+    image: Image.Image
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    seed: int = 42
+    guidance_scale: float = 5.0  # classifier-free guidance when > 1
+    reasoning_steps: int = 0  # k: 0 plain 5-frame edit; k > 0 denoise num_frames for k steps, then keep 2
+    num_frames: int = 29  # video frames while reasoning (29 -> 8 latent frames)
+    height: int | None = None  # both or neither; multiples of 16
+    width: int | None = None
+    max_area: int = DEFAULT_MAX_AREA
+
+    def validate(self) -> None:
+        """ValueErrors for settings that cannot run, before anything is computed."""
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if self.reasoning_steps < 0:
+            raise ValueError(f"reasoning.steps={self.reasoning_steps} must be >= 0 (0 = no temporal reasoning)")
+        check_num_frames(self.num_frames)
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale={self.guidance_scale} must be >= 0")
+        resolve_size(self.image.size, self.height, self.width, self.max_area)
+
+    @property
+    def video_frames(self) -> int:
+        return self.num_frames if self.reasoning_steps > 0 else PLAIN_FRAMES
+
+
+@dataclass
+class EditResult:
+    image: Image.Image  # the edit: the last frame
+    frames: list[Image.Image]  # every decoded frame (5, or 29 for an undropped reasoning video)
+    video: Tensor  # the same frames before 8-bit rounding: (F, 3, H, W) float32 in [0, 1], CPU
+    latents: Tensor  # final latents before decoding, normalised, (B, 16, T, h, w) fp32 on CPU
+    height: int
+    width: int
+    dropped_at: int | None  # step at which the reasoning frames were dropped (None: never)
+    profile: Profiler
+
+    @property
+    def is_reasoning_video(self) -> bool:
+        return len(self.frames) > PLAIN_FRAMES
+
+
+class EditPipeline:
+    """Runs :class:`EditRequest` s on loaded :class:`Components`.
+
+    ``dtype`` is the storage/compute dtype of the DiT, UMT5 and the VAE (bf16 on GPU, as the release scripts);
+    the CLIP tower runs in fp32 (as they do). With ``offload`` every module lives on the CPU and visits
+    ``device`` only for its stage. ``cfg_batched`` runs the conditional and unconditional DiT passes as one
+    doubled batch.
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        offload: bool = False,
+        cfg_batched: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.c = components
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.offload, self.cfg_batched, self.progress = offload, cfg_batched, progress
+        home = torch.device("cpu") if offload else self.device
+        for module, dt in self._modules():
+            module.to(device=home, dtype=None).eval()
+            if dt is not None:
+                _cast_keep_fp32(module, dt)
+
+    def _modules(self) -> list[tuple[nn.Module, torch.dtype | None]]:
+        c = self.c
+        return [
+            (c.text_encoder, self.dtype),
+            (c.image_encoder, torch.float32),
+            (c.vae, self.dtype),
+            (c.dit, self.dtype),
+        ]
+
+    @contextlib.contextmanager
+    def _on_device(self, module: nn.Module) -> Iterator[nn.Module]:
+        if not self.offload:
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ stages
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """Prompts -> (B, 512, text_dim): UMT5 states of the real tokens, zeros after."""
+        from chronoedit.models.text import encode_prompts
+
+        with self._on_device(self.c.text_encoder) as enc:
+            return encode_prompts(enc, self.c.tokenizer, prompts).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> Tensor:
+        """The input image -> CLIP penultimate-layer tokens (1, 257, image_dim)."""
+        pixels = self.c.image_processor([image])
+        with self._on_device(self.c.image_encoder) as tower:
+            return tower(pixels.to(self.device, _dtype_of(tower))).to(self.dtype)
+
+    @torch.no_grad()
+    def encode_condition(self, image: Image.Image, height: int, width: int, num_frames: int) -> Tensor:
+        """Condition (1, 20, T, h, w): first-frame mask ++ normalised latents of [image, zeros × (F−1)]."""
+        video = first_frame_video(image_to_tensor(image, height, width), num_frames)  # (1, 3, F, H, W)
+        with self._on_device(self.c.vae) as vae:
+            latents = vae.encode(video.to(self.device, _dtype_of(vae))).float()
+        return build_condition(latents, num_frames)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, reasoning: bool) -> Tensor:
+        """Normalised latents -> video (B, 3, F, H, W) in [−1, 1], as the reference decodes.
+
+        With more than 2 latent frames left (reasoning, never dropped): decode(latents[:, :, :−1]) followed by
+        decode(latents[:, :, [0, −1]])[:, :, 1:], so the last 4 frames are the edit as a plain edit decodes it.
+        """
+        with self._on_device(self.c.vae) as vae:
+            z = latents.to(self.device, _dtype_of(vae))
+            if reasoning and z.shape[2] > 2:
+                reason = vae.decode(z[:, :, :-1])
+                edit = vae.decode(z[:, :, list(KEEP_FRAMES)])
+                return torch.cat([reason, edit[:, :, 1:]], dim=2)
+            return vae.decode(z)
+
+    def velocity_fn(
+        self, condition: Tensor, context: Tensor, negative: Tensor | None, clip: Tensor, scale: float
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """The guided velocity v(x, t) for the current frames (``condition`` must match x's frames)."""
+        dit = self.c.dit
+
+        def one(x: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+            inp = torch.cat([x, condition.expand(x.shape[0], -1, -1, -1, -1)], dim=1).to(self.dtype)
+            return dit(inp, t.expand(x.shape[0]), ctx, clip.expand(x.shape[0], -1, -1)).float()
+
+        if negative is None:
+            return lambda x, t: one(x, t, context)
+        if self.cfg_batched:
+
+            def batched(x: Tensor, t: Tensor) -> Tensor:
+                cond, uncond = one(torch.cat([x, x]), t, torch.cat([context, negative])).chunk(2)
+                return uncond + scale * (cond - uncond)
+
+            return batched
+        return lambda x, t: (u := one(x, t, negative)) + scale * (one(x, t, context) - u)
+
+    # ------------------------------------------------------------------ the edit
+    def __call__(
+        self,
+        request: EditRequest,
+        sampler: SamplerConfig | None = None,
+        latents: Tensor | None = None,
+        on_step: Callable[[int, Tensor], None] | None = None,
+    ) -> EditResult:
+        """Edit one image. ``latents`` overrides the seeded initial noise (B, 16, T, h, w)."""
+        request.validate()
+        sampler = sampler or self.c.default_sampler or SamplerConfig()
+        image = to_rgb(request.image)
+        height, width = resolve_size(image.size, request.height, request.width, request.max_area)
+        if image.size != (width, height):  # once, before both encoders, as the release scripts do
+            image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
+        frames, k = request.video_frames, request.reasoning_steps
+        t_latent = check_num_frames(frames)
+        solver, sched = build_solver(sampler), flow_schedule(sampler.steps, sampler.shift, sampler.num_train_timesteps)
+        cfg = request.guidance_scale > 1.0
+        prof = Profiler(self.device)
+
+        with prof.stage("text"):
+            prompts = [request.prompt] + ([request.negative_prompt] if cfg else [])
+            text = self.encode_text(prompts)
+            context, negative = (text[:1], text[1:]) if cfg else (text, None)
+        with prof.stage("image"):
+            clip = self.encode_image(image)
+        with prof.stage("vae_encode"):
+            condition = self.encode_condition(image, height, width, frames).to(self.device)
+        shape = (1, LATENT_CHANNELS, t_latent, height // 8, width // 8)
+        if latents is None:  # drawn exactly as diffusers draws it: CPU generator, float32, one randn
+            latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(request.seed))
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, this edit needs {shape}")
+        x = latents.to(self.device, torch.float32)
+
+        dropped_at = None
+        with prof.stage("denoise"), self._on_device(self.c.dit), torch.no_grad():
+            state = solver.init_state()
+            for i in tqdm(range(len(sched)), desc="denoise", disable=not self.progress, leave=False):
+                if k > 0 and i == k and x.shape[2] > len(KEEP_FRAMES):  # the reasoning drop
+                    x, state = select_frames(x, state, KEEP_FRAMES)
+                    condition = condition[:, :, list(KEEP_FRAMES)]
+                    dropped_at = i
+                model = self.velocity_fn(condition, context, negative, clip, request.guidance_scale)
+                x, state = solver.step(model, x, sched, i, state)
+                if on_step is not None:
+                    on_step(i, x)
+        with prof.stage("vae_decode"):
+            video = video_to_unit(self.decode(x, reasoning=k > 0))[0].transpose(0, 1).cpu()  # (F, 3, H, W)
+        pil = unit_to_images(video)
+        return EditResult(pil[-1], pil, video, x.float().cpu(), height, width, dropped_at, prof)
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point() and p.dtype != torch.float32:
+            return p.dtype
+    return torch.float32
+
+
+def _cast_keep_fp32(module: nn.Module, dtype: torch.dtype) -> None:
+    from chronoedit.checkpoint.load import cast_params
+
+    keep = getattr(module, "keep_fp32", None)
+    cast_params(module, dtype, keep if callable(keep) else None)

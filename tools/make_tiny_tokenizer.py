@@ -1,0 +1,59 @@
+"""Train the demo tokenizer shipped in chronoedit/assets/tiny_tokenizer (a small sentencepiece unigram model).
+
+    python tools/make_tiny_tokenizer.py
+
+UMT5's conventions (pad 0, eos 1, unk 2, byte fallback), 700 pieces; the tiny demo UMT5 has a 1024-token
+vocabulary. Only ``spiece.model`` is written: our tokenizer's sentencepiece path reads it directly.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import sentencepiece as spm
+
+WORDS = (
+    "a an the of in on at to with and or above below behind next near under over into from by for "
+    "add remove replace change make turn put place move give paint draw colour color style photo picture "
+    "red green blue yellow white black orange purple pink brown grey golden silver bright dark "
+    "house roof door window tree sky cloud sun moon star hill mountain river lake sea beach road car "
+    "cat dog bird horse fish person man woman child hat glasses sunglasses scarf coat dress shoes "
+    "balloon hot-air kite boat plane flower grass snow rain night day morning evening light shadow "
+    "big small tall short round square old new happy sad smiling running sitting standing flying floating"
+).split()
+
+
+def corpus(n: int = 3000, seed: int = 0):
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14)))
+
+
+def main() -> None:
+    out = Path(__file__).resolve().parents[1] / "chronoedit" / "assets" / "tiny_tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = str(Path(tmp) / "spiece")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=corpus(),
+            model_prefix=prefix,
+            model_type="unigram",
+            vocab_size=700,
+            hard_vocab_limit=False,
+            byte_fallback=True,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            num_threads=1,
+            minloglevel=2,
+        )
+        shutil.copy(prefix + ".model", out / "spiece.model")
+    print(f"wrote {out / 'spiece.model'}")
+
+
+if __name__ == "__main__":
+    main()
