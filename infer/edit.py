@@ -31,6 +31,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="edit")
 def main(cfg: DictConfig) -> None:
+    from chronoedit.checkpoint.errors import CheckpointError
     from chronoedit.pipeline.job import run
 
     hc = HydraConfig.get()
@@ -39,7 +40,11 @@ def main(cfg: DictConfig) -> None:
     if multirun and edit.output_dir is not None:
         raise SystemExit("error: output_dir cannot be set in a multirun (each run gets its own sweep folder)")
     out = Path(edit.output_dir) if edit.output_dir else Path(hc.runtime.output_dir)
-    summary = run(edit, out)
+    try:
+        summary = run(edit, out)
+    except (ValueError, CheckpointError) as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({"output_dir": str(out), "seconds": summary["total_seconds"]}))
 
 
