@@ -6,8 +6,13 @@ The model files contain no distributed code; training and inference call these o
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -26,4 +31,37 @@ def apply_activation_checkpointing(model: nn.Module, blocks: bool | Iterable[int
         raise ValueError(f"activation checkpointing block indices {bad} out of range [0, {len(layers)})")
     for i, block in enumerate(layers):
         block.grad_checkpoint = i in chosen
+    return model
+
+
+def apply_fsdp(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype | None = torch.float32,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """FSDP2: ``fully_shard`` each block, then the root (the embeddings and the head), over ``mesh``.
+
+    ``mesh`` is 1-D (shard over every rank) or 2-D ``(replicate, shard)`` (HSDP). ``param_dtype`` is the dtype the
+    parameters are all-gathered and computed in (None: as stored, e.g. fp32 master weights under autocast);
+    gradients are reduce-scattered in ``reduce_dtype``. Every trainable parameter of a block must share one dtype
+    (FSDP's rule); frozen ones may differ (bf16 base weights next to fp32 LoRA and fp32 islands).
+    The last block is not resharded after forward: backward needs it at once.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    layers = _blocks(model)
+    for i, block in enumerate(layers):
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < len(layers) - 1)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def apply_compile(model: nn.Module, **compile_kwargs) -> nn.Module:
+    """``torch.compile`` each block in place (parameter names unchanged; the block loop stays in Python)."""
+    for block in _blocks(model):
+        block.compile(**compile_kwargs)
     return model

@@ -1,0 +1,64 @@
+"""Pre-encode a training dataset (VAE latents, condition, UMT5 and CLIP embeddings) so training holds only the DiT.
+
+    python train/preencode.py dataset=data/edits output=data/edits_cache checkpoint=/ckpts/ChronoEdit-14B-Diffusers
+    python train/preencode.py dataset=data/edits output=data/edits_cache height=720 width=1280
+
+The dataset folder holds metadata.jsonl (or metadata.csv): input, output (image or video), prompt per row.
+Then: python train/train.py data.cache=data/edits_cache …   Every key: configs/preencode.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from chronoedit.builders import preflight, register, to_object  # noqa: E402
+from chronoedit.training.preencode_config import PreencodeConfig  # noqa: E402
+
+register()
+
+
+def check(cfg: PreencodeConfig) -> None:
+    """The cheap checks: the metadata parses, the output folder may be written."""
+    from chronoedit.training.preencode import check_output, read_metadata
+
+    read_metadata(cfg.dataset)
+    check_output(Path(cfg.output), cfg.overwrite)
+    if cfg.checkpoint != "tiny" and not Path(cfg.checkpoint).exists():
+        raise ValueError(f"checkpoint={cfg.checkpoint}: no such folder")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="preencode")
+def main(cfg: DictConfig) -> None:
+    import torch
+
+    from chronoedit.pipeline.components import load_components, tiny_components
+    from chronoedit.pipeline.job import resolve_device, resolve_dtype
+    from chronoedit.training.preencode import encoders_from_components, preencode
+
+    pc = to_object(cfg, PreencodeConfig)
+    device = resolve_device(pc.device)
+    dtype = resolve_dtype(pc.dtype, device)
+    if pc.checkpoint == "tiny":
+        components = tiny_components(pc.tiny_seed)
+    else:
+        components = load_components(pc.checkpoint, dtype=dtype)
+    with torch.no_grad():
+        meta = preencode(pc, encoders_from_components(components, device, dtype), dtype)
+    print(json.dumps({"output": pc.output, "counts": meta["counts"], "skipped": meta["skipped"]}))
+
+
+if __name__ == "__main__":
+    error = preflight(ROOT / "configs", "preencode", sys.argv[1:], schema=PreencodeConfig, check=check)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main()
