@@ -73,13 +73,30 @@ def test_forward_matches_diffusers(heads, head_dim, batch, frames, h, w):
 
 
 def test_text_padding_inside_equals_padding_outside():
-    """Context shorter than 512 is zero-padded inside the model, exactly as the pipeline pads UMT5 outputs."""
+    """Context shorter than 512 is zero-padded inside the model (its padding row embedded and projected once),
+    giving what the explicitly padded 512-token context gives (which embeds and projects every row)."""
     cfg = small_config(2, 12)
     ours, _ = make_pair(cfg)
-    x, t, text, clip = inputs(cfg, 1, 2, 4, 4)
+    x, t, text, clip = inputs(cfg, 2, 2, 4, 4)
     padded = torch.nn.functional.pad(text, (0, 0, 0, 512 - text.shape[1]))
     with torch.no_grad():
-        assert torch.equal(ours(x, t, text, clip), ours(x, t, padded, clip))
+        assert rel_err(ours(x, t, text, clip), ours(x, t, padded, clip)) < 1e-6
+
+
+def test_prompts_of_different_lengths_match_diffusers():
+    """A batch of two prompts (37 and 5 tokens): ``context_lens`` marks the rest of each as zero padding."""
+    cfg = small_config(2, 12)
+    ours, ref = make_pair(cfg)
+    x, t, text, clip = inputs(cfg, 2, 2, 4, 6)
+    lens = torch.tensor([37, 5])
+    padded = text.clone()
+    padded[1, 5:] = 0  # what the pipeline hands diffusers: zeros after each prompt
+    with torch.no_grad():
+        want = run_ref(ref, x, t, padded, clip)
+        got = ours(x, t, text, clip, context_lens=lens)  # rows past each length are ignored, not read
+    assert rel_err(got, want) <= TOL
+    with pytest.raises(ValueError, match="context_lens must be"):
+        ours(x, t, text, clip, context_lens=torch.tensor([38, 5]))
 
 
 def test_gradients_match_diffusers():

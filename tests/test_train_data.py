@@ -222,7 +222,9 @@ def test_preencode_with_the_tiny_encoders_gives_the_inference_condition(tmp_path
     pipe = EditPipeline(comps, progress=False)
     image = fit_image(load_image(tmp_path / "data" / "a.png"), 48, 64)
     assert torch.equal(ex.cond_latents[None], pipe.encode_condition(image, 48, 64, 5)[:, 4:])
-    text = pipe.encode_text(["Add a hat"])[0]
+    emb, lens = pipe.encode_text(["Add a hat"])
+    text = emb[0]
+    assert lens.tolist() == [ex.context.shape[0]]
     assert torch.equal(ex.context, text[: ex.context.shape[0]]) and text[ex.context.shape[0] :].abs().max() == 0
     assert torch.equal(ex.clip[None], pipe.encode_image(image))
     assert ex.latents.shape == (16, 2, 6, 8) and torch.equal(ex.latents[:, 0], ex.cond_latents[:, 0])

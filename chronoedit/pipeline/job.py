@@ -197,7 +197,7 @@ def run(cfg: EditConfig, out: Path) -> dict:
     for line in apply_loras(components, cfg):
         print(f"LoRA: {line}")
     if cfg.vae_tiling:
-        components.vae.enable_tiling()
+        components.vae.cfg = components.vae.cfg.replace(tile=True)
     pipe = EditPipeline(components, device=device, dtype=dtype, offload=cfg.offload, cfg_batched=cfg.cfg_batched)
     summaries = []
     for job in jobs:

@@ -60,6 +60,16 @@ class EditRequest:
 
 
 @dataclass
+class Text:
+    """Encoded prompt and negative prompt: (1, 512, text_dim) zero-padded states and (1,) token counts."""
+
+    context: Tensor
+    lens: Tensor
+    negative: Tensor | None  # None without classifier-free guidance
+    negative_lens: Tensor | None
+
+
+@dataclass
 class EditResult:
     image: Image.Image  # the edit: the last frame
     frames: list[Image.Image]  # every decoded frame (5, or 29 for an undropped reasoning video)
@@ -128,12 +138,13 @@ class EditPipeline:
 
     # ------------------------------------------------------------------ stages
     @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> Tensor:
-        """Prompts -> (B, 512, text_dim): UMT5 states of the real tokens, zeros after."""
-        from chronoedit.models.text import encode_prompts
+    def encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """Prompts -> (B, 512, text_dim) UMT5 states of the real tokens, zeros after; and each prompt's length."""
+        from chronoedit.models.text import clean_prompt, encode_prompts
 
+        _, mask = self.c.tokenizer([clean_prompt(p) for p in prompts])
         with self._on_device(self.c.text_encoder) as enc:
-            return encode_prompts(enc, self.c.tokenizer, prompts).to(self.device, self.dtype)
+            return encode_prompts(enc, self.c.tokenizer, prompts).to(self.device, self.dtype), mask.sum(1)
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> Tensor:
@@ -166,25 +177,32 @@ class EditPipeline:
             return vae.decode(z)
 
     def velocity_fn(
-        self, condition: Tensor, context: Tensor, negative: Tensor | None, clip: Tensor, scale: float
+        self, condition: Tensor, text: Text, clip: Tensor, scale: float
     ) -> Callable[[Tensor, Tensor], Tensor]:
         """The guided velocity v(x, t) for the current frames (``condition`` must match x's frames)."""
         dit = self.c.dit
 
-        def one(x: Tensor, t: Tensor, ctx: Tensor) -> Tensor:
+        def one(x: Tensor, t: Tensor, ctx: Tensor, lens: Tensor) -> Tensor:
             inp = torch.cat([x, condition.expand(x.shape[0], -1, -1, -1, -1)], dim=1).to(self.dtype)
-            return dit(inp, t.expand(x.shape[0]), ctx, clip.expand(x.shape[0], -1, -1)).float()
+            return dit(inp, t.expand(x.shape[0]), ctx, clip.expand(x.shape[0], -1, -1), lens).float()
 
-        if negative is None:
-            return lambda x, t: one(x, t, context)
+        if text.negative is None:
+            return lambda x, t: one(x, t, text.context, text.lens)
         if self.cfg_batched:
 
             def batched(x: Tensor, t: Tensor) -> Tensor:
-                cond, uncond = one(torch.cat([x, x]), t, torch.cat([context, negative])).chunk(2)
+                both = torch.cat([text.context, text.negative]), torch.cat([text.lens, text.negative_lens])
+                cond, uncond = one(torch.cat([x, x]), t, *both).chunk(2)
                 return uncond + scale * (cond - uncond)
 
             return batched
-        return lambda x, t: (u := one(x, t, negative)) + scale * (one(x, t, context) - u)
+
+        def guided(x: Tensor, t: Tensor) -> Tensor:
+            cond = one(x, t, text.context, text.lens)
+            uncond = one(x, t, text.negative, text.negative_lens)
+            return uncond + scale * (cond - uncond)
+
+        return guided
 
     # ------------------------------------------------------------------ the edit
     def __call__(
@@ -209,8 +227,8 @@ class EditPipeline:
 
         with prof.stage("text"):
             prompts = [request.prompt] + ([request.negative_prompt] if cfg else [])
-            text = self.encode_text(prompts)
-            context, negative = (text[:1], text[1:]) if cfg else (text, None)
+            emb, lens = self.encode_text(prompts)
+            text = Text(emb[:1], lens[:1], emb[1:] if cfg else None, lens[1:] if cfg else None)
         with prof.stage("image"):
             clip = self.encode_image(image)
         with prof.stage("vae_encode"):
@@ -230,7 +248,7 @@ class EditPipeline:
                     x, state = select_frames(x, state, KEEP_FRAMES)
                     condition = condition[:, :, list(KEEP_FRAMES)]
                     dropped_at = i
-                model = self.velocity_fn(condition, context, negative, clip, request.guidance_scale)
+                model = self.velocity_fn(condition, text, clip, request.guidance_scale)
                 x, state = solver.step(model, x, sched, i, state)
                 if on_step is not None:
                     on_step(i, x)

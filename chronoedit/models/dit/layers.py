@@ -59,6 +59,32 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
+class TextContext(NamedTuple):
+    """Embedded text for cross-attention: the real rows, and the one row every zero-padding position embeds to.
+
+    Attention runs over all ``total`` (512) positions as trained: padding keys/values are computed once from
+    ``pad`` and expanded into the positions after ``lens[b]`` — the same numbers as projecting each padding
+    row, without projecting hundreds of identical rows per block.
+    """
+
+    tokens: Tensor  # (B, Lr, D) embedded rows; row j of item b is real when j < lens[b]
+    pad: Tensor | None  # (1, 1, D) the embedding of a zero row; None when tokens already hold all positions
+    lens: tuple[int, ...]  # real rows per item
+    total: int  # positions attended to (text_len)
+
+    def fill(self, real: Tensor, pad: Tensor | None) -> Tensor:
+        """Per-row projections of ``tokens`` (B, Lr, C) and of ``pad`` (1, 1, C) -> (B, total, C)."""
+        if pad is None:
+            return real
+        b, lr, c = real.shape
+        if all(n == lr for n in self.lens):
+            return torch.cat([real, pad.expand(b, self.total - lr, c)], dim=1)
+        out = pad.expand(b, self.total, c).clone()
+        for i, n in enumerate(self.lens):
+            out[i, :n] = real[i, :n]
+        return out
+
+
 class CrossAttention(nn.Module):
     """Attention from video tokens to the text tokens and, through separate k/v, to the image tokens.
 
@@ -76,12 +102,14 @@ class CrossAttention(nn.Module):
             self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
             self.norm_k_img = _qk_norm(dim, eps, qk_norm)
 
-    def forward(self, x: Tensor, context: Tensor, image: Tensor | None) -> Tensor:
-        """x (B, L, D), context (B, Lt, D), image (B, Li, D) or None -> (B, L, D)."""
+    def forward(self, x: Tensor, text: TextContext, image: Tensor | None) -> Tensor:
+        """x (B, L, D), text (B, Lt, D) embedded rows, image (B, Li, D) or None -> (B, L, D)."""
         heads = "b l (h d) -> b l h d"
         q = rearrange(self.norm_q(self.q(x)), heads, h=self.num_heads)
-        k = rearrange(self.norm_k(self.k(context)), heads, h=self.num_heads)
-        v = rearrange(self.v(context), heads, h=self.num_heads)
+        pad = text.pad
+        k = text.fill(self.norm_k(self.k(text.tokens)), None if pad is None else self.norm_k(self.k(pad)))
+        v = text.fill(self.v(text.tokens), None if pad is None else self.v(pad))
+        k, v = rearrange(k, heads, h=self.num_heads), rearrange(v, heads, h=self.num_heads)  # (B, Lt, H, Dh)
         out = self.attn_fn(q, k, v)  # (B, L, H, Dh)
         if self.has_image:
             k_img = rearrange(self.norm_k_img(self.k_img(image)), heads, h=self.num_heads)
@@ -129,7 +157,7 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.grad_checkpoint = False  # set by chronoedit.parallelize.apply_activation_checkpointing
 
-    def forward(self, x: Tensor, e: Tensor, context: Tensor, image: Tensor | None, rope: Tensor) -> Tensor:
+    def forward(self, x: Tensor, e: Tensor, context: TextContext, image: Tensor | None, rope: Tensor) -> Tensor:
         """x (B, L, D), e (B, 6, D) fp32, context (B, Lt, D), image (B, Li, D), rope (L, Dh/2) -> (B, L, D)."""
         m = Modulation(*(self.modulation.float() + e).unsqueeze(2).unbind(1))  # each (B, 1, D)
         y = self.self_attn(modulate(self.norm1(x), m.shift, m.scale).to(x.dtype), rope)

@@ -2,7 +2,9 @@
 
 Input ``x (B, C_in, F, H, W)`` latent video (noisy latents ++ mask ++ condition), timesteps ``t (B,)`` in
 [0, 1000], text ``context (B, Lt ≤ text_len, text_dim)`` and CLIP tokens ``clip_tokens (B, Li, image_dim)``;
-output ``(B, C_out, F, H, W)``, the flow velocity.
+output ``(B, C_out, F, H, W)``, the flow velocity. The text is zero-padded to ``text_len`` (512) positions,
+attended without a mask as the weights were trained; ``context_lens (B,)`` marks rows past each prompt's
+length as padding too (a batch of prompts of different lengths).
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ import math
 import re
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.models.dit.config import DiTConfig
-from chronoedit.models.dit.layers import DiTBlock, Head, ImageEmbedding
+from chronoedit.models.dit.layers import DiTBlock, Head, ImageEmbedding, TextContext
 from chronoedit.models.dit.rope import rope_3d, temporal_positions
 from chronoedit.ops.attention import get_attention
 
@@ -67,7 +68,9 @@ class ChronoEditDiT(nn.Module):
         return _FP32_PARAM.search(name) is not None
 
     # ------------------------------------------------------------------ checks
-    def check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None) -> None:
+    def check_inputs(
+        self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None, context_lens: Tensor | None = None
+    ) -> None:
         """Raise a ValueError naming the offending shape and the limit, before any compute."""
         cfg = self.cfg
         if x.ndim != 5:
@@ -91,6 +94,12 @@ class ChronoEditDiT(nn.Module):
             raise ValueError(f"context must be (B={b}, L, text_dim={cfg.text_dim}), got {tuple(context.shape)}")
         if context.shape[1] > cfg.text_len:
             raise ValueError(f"context has {context.shape[1]} tokens, more than text_len={cfg.text_len}")
+        if context_lens is not None and (
+            tuple(context_lens.shape) != (b,) or context_lens.min() < 0 or context_lens.max() > context.shape[1]
+        ):
+            raise ValueError(
+                f"context_lens must be (B={b},) ints in [0, {context.shape[1]}], got {context_lens.tolist()}"
+            )
         if cfg.image_dim is None:
             if clip_tokens is not None:
                 raise ValueError("clip_tokens given but the model has no image cross-attention (image_dim=None)")
@@ -109,16 +118,30 @@ class ChronoEditDiT(nn.Module):
         e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.cfg.dim))
         return e, e0
 
-    def embed_context(self, context: Tensor, clip_tokens: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Text (B, Lt, text_dim) zero-padded to text_len, CLIP tokens (B, Li, image_dim) -> model width."""
+    def embed_context(
+        self, context: Tensor, clip_tokens: Tensor | None, context_lens: Tensor | None = None
+    ) -> tuple[TextContext, Tensor | None]:
+        """Text (B, Lt, text_dim) -> its embedded real rows + the padding row; CLIP tokens -> model width."""
         dtype = self.text_embedding[0].weight.dtype
-        context = F.pad(context, (0, 0, 0, self.cfg.text_len - context.shape[1]))  # zeros, as trained
-        ctx = self.text_embedding(context.to(dtype))  # (B, text_len, D)
+        lens = (context.shape[1],) * context.shape[0] if context_lens is None else tuple(context_lens.tolist())
+        longest = max(lens)
+        tokens = self.text_embedding(context[:, :longest].to(dtype))  # (B, Lr, D)
+        pad = None
+        if min(lens) < self.cfg.text_len:  # zero padding to text_len, as trained: one row embeds them all
+            pad = self.text_embedding(context.new_zeros(1, 1, context.shape[2], dtype=dtype))  # (1, 1, D)
+        text = TextContext(tokens, pad, lens, self.cfg.text_len)
         img = None if self.img_emb is None else self.img_emb(clip_tokens.to(self.img_emb.proj[1].weight.dtype))
-        return ctx, img
+        return text, img
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None = None) -> Tensor:
-        self.check_inputs(x, t, context, clip_tokens)
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        context: Tensor,
+        clip_tokens: Tensor | None = None,
+        context_lens: Tensor | None = None,
+    ) -> Tensor:
+        self.check_inputs(x, t, context, clip_tokens, context_lens)
         cfg = self.cfg
         b, _, f, h, w = x.shape
         pt, ph, pw = cfg.patch_size
@@ -128,7 +151,7 @@ class ChronoEditDiT(nn.Module):
         x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, f, h, w)
         x = rearrange(x, "b d f h w -> b (f h w) d")
         e, e0 = self.embed_time(t.reshape(-1).expand(b))
-        ctx, img = self.embed_context(context, clip_tokens)
+        ctx, img = self.embed_context(context, clip_tokens, context_lens)
 
         grad = torch.is_grad_enabled()
         for block in self.blocks:
