@@ -55,6 +55,7 @@ def prepare(args, folder: Path) -> None:
             "t": torch.tensor([937.0]),
             "context": context,
             "clip": torch.randn(1, 257, cfg.image_dim, generator=g),
+            "lens": torch.tensor([real_tokens]),
         },
         str(folder / "inputs.safetensors"),
     )
@@ -76,8 +77,8 @@ def worker(impl: str, folder: Path, iters: int, threads: int) -> None:
             model = ChronoEditDiT(config_from_diffusers(config))
         load_into(model, DIFFUSERS_TO_OURS.convert(weights))
 
-        def forward():
-            return model(inputs["x"], inputs["t"], inputs["context"], inputs["clip"])
+        def forward():  # the same zero-padded context, plus the prompt length the pipeline knows
+            return model(inputs["x"], inputs["t"], inputs["context"], inputs["clip"], inputs["lens"])
     else:
         import diffusers
 
