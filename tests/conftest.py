@@ -18,3 +18,13 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Pin PyTorch to one intra-op thread for a test (tiny tensors: as fast as two, and immune to a busy
+    machine's oversubscription); restores the previous count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

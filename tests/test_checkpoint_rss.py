@@ -18,4 +18,6 @@ def test_loading_fp32_shards_into_bf16_stays_lean(tmp_path):
     r = measure("ours", folder)
     assert size > 1.8 * r["model"]  # the file is fp32, the model bf16 (but for the fp32 islands)
     grew = r["peak"] - r["baseline"]
-    assert grew < 1.1 * r["model"] + 160 * 2**20, f"peak RSS grew {grew / 2**30:.2f} GiB for a {r['model'] / 2**30:.2f} GiB model"
+    assert grew < 1.1 * r["model"] + 160 * 2**20, (
+        f"peak RSS grew {grew / 2**30:.2f} GiB for a {r['model'] / 2**30:.2f} GiB model"
+    )

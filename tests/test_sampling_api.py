@@ -49,12 +49,7 @@ ALL_SOLVERS = {
 MULTISTEP = [n for n in ALL_SOLVERS if n.startswith(("unipc", "dpmpp_2m"))]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def separable_field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

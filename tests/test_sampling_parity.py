@@ -31,13 +31,7 @@ STEPS = (1, 2, 4, 8, 50)
 SHIFTS = (1.0, 2.0, 5.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors here are tiny: one intra-op thread is ~20× faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Field:

@@ -44,13 +44,7 @@ def weights_rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 BASE = ("experiment=tiny_lora_cpu", "steps=5", "log_every=1", "checkpoint.every=0")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """As in the subprocesses (OMP_NUM_THREADS=1): tiny models, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def train(run_dir: Path, *overrides: str, procs: int = 1, check: bool = True) -> subprocess.CompletedProcess:

@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORLD = init_world("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast as two, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def config(*overrides: str, experiment: str = "tiny_lora_cpu") -> TrainConfig:

@@ -40,7 +40,9 @@ def alternate(workers: dict[str, list[str]], rounds: int) -> dict[str, list[dict
         for name, argv in workers.items():
             res = run_worker(argv)
             results[name].append(res)
-            print(f"  round {r + 1}/{rounds} {name:>18}: {res['seconds']:.3f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
+            print(
+                f"  round {r + 1}/{rounds} {name:>18}: {res['seconds']:.3f} s, peak RSS {res['peak_rss_mib']:.0f} MiB"
+            )
     return results
 
 

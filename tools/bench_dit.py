@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import torch  # noqa: E402
-
 from _bench import alternate, emit, peak_rss_mib, summarize  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-WORDS = (
+WORDS = (  # noqa: SIM905 (a sentence reads better than 120 quoted words)
     "a an the of in on at to with and or above below behind next near under over into from by for "
     "add remove replace change make turn put place move give paint draw colour color style photo picture "
     "red green blue yellow white black orange purple pink brown grey golden silver bright dark "

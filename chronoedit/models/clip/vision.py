@@ -12,15 +12,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.models.clip.config import CLIPVisionConfig
+from chronoedit.models.norms import LayerNorm
 from chronoedit.ops.attention import AttentionFn, get_attention
-from chronoedit.ops.norm import fp32_layer_norm
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (output in the input dtype)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return fp32_layer_norm(x, self.weight, self.bias, self.eps)
 
 
 def quick_gelu(x: Tensor) -> Tensor:

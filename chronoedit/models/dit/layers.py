@@ -12,28 +12,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from chronoedit.models.norms import LayerNorm, RMSNorm
 from chronoedit.ops.attention import AttentionFn
-from chronoedit.ops.norm import fp32_layer_norm, gated_residual, modulate, rms_norm
+from chronoedit.ops.norm import gated_residual, modulate
 from chronoedit.ops.rope import apply_rope
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 (output in the input dtype); optionally without affine parameters."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return fp32_layer_norm(x, self.weight, self.bias, self.eps)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm with a learned scale, computed in fp32 (output in the input dtype)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 def _qk_norm(dim: int, eps: float, enabled: bool) -> nn.Module:

@@ -19,10 +19,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.models.dit.config import TEXT_LEN
+from chronoedit.models.norms import RMSNorm
 from chronoedit.models.text.config import UMT5Config
 from chronoedit.models.text.prompt import clean_prompt
 from chronoedit.models.text.tokenizer import Tokenizer
-from chronoedit.ops.norm import rms_norm
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int, device=None) -> Tensor:
@@ -41,18 +41,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int, 
     log_ratio = torch.log(dist.clamp_min(1).float() / exact) / math.log(max_distance / exact)
     far = (exact + (log_ratio * (half - exact)).long()).clamp_max(half - 1)
     return direction + torch.where(dist < exact, dist, far)
-
-
-class T5Norm(nn.Module):
-    """RMS norm without mean subtraction or bias, computed in fp32 (output in the input dtype)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
 
 
 class RelativeBias(nn.Module):
@@ -111,9 +99,9 @@ class T5Block(nn.Module):
 
     def __init__(self, cfg: UMT5Config) -> None:
         super().__init__()
-        self.norm1 = T5Norm(cfg.dim, cfg.eps)
+        self.norm1 = RMSNorm(cfg.dim, cfg.eps)
         self.attn = T5Attention(cfg.dim, cfg.num_heads, cfg.head_dim)
-        self.norm2 = T5Norm(cfg.dim, cfg.eps)
+        self.norm2 = RMSNorm(cfg.dim, cfg.eps)
         self.ffn = T5FeedForward(cfg.dim, cfg.ffn_dim)
         self.pos_embedding = RelativeBias(cfg.num_buckets, cfg.num_heads)
 
@@ -134,7 +122,7 @@ class UMT5Encoder(nn.Module):
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = T5Norm(cfg.dim, cfg.eps)
+        self.norm = RMSNorm(cfg.dim, cfg.eps)
 
     @staticmethod
     def keep_fp32(name: str) -> bool:
