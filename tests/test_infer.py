@@ -151,3 +151,31 @@ def test_multirun_sweep_of_reasoning_steps(tmp_path):
     assert Image.open(sweep / "grid.png").size == (2 * 256, 256 + 28)
     table = (sweep / "timings.md").read_text()
     assert runs[0] in table and runs[1] in table and "denoise" in table
+
+
+def test_lora_from_the_command_line_changes_the_edit(tmp_path):
+    """A LoRA file (kohya naming here) given as ``lora=[{path, scale}]`` is read, fused and changes the edit."""
+    import torch
+
+    from chronoedit.lora import LoRAWeights
+    from chronoedit.lora.export import save_lora
+    from chronoedit.pipeline.components import tiny_components
+
+    dit = tiny_components().dit
+    g = torch.Generator().manual_seed(0)
+    loras = {}
+    for name in ("blocks.0.self_attn.q", "blocks.1.ffn.0", "head.head"):
+        lin = dit.get_submodule(name)
+        loras[name] = LoRAWeights(
+            down=torch.randn(4, lin.in_features, generator=g), up=torch.randn(lin.out_features, 4, generator=g)
+        )
+    path = save_lora(loras, tmp_path / "my_lora.safetensors", scheme="kohya")
+    plain = cli(*FAST, "save_latents=true", f"output_dir={tmp_path / 'plain'}")
+    lora = cli(*FAST, "save_latents=true", f"output_dir={tmp_path / 'lora'}", f"lora=[{{path: {path}, scale: 0.5}}]")
+    assert plain.returncode == 0 and lora.returncode == 0, lora.stderr[-2000:]
+    assert f"LoRA: {path} (kohya, scale 0.5, fused)" in lora.stdout
+    a = load_file(str(tmp_path / "plain" / "latents.safetensors"))["latents"]
+    b = load_file(str(tmp_path / "lora" / "latents.safetensors"))["latents"]
+    assert (a - b).abs().max() > 1e-3
+    missing = cli(*FAST, f"output_dir={tmp_path / 'x'}", "lora=[{path: /nope.safetensors}]")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: LoRA file not found: /nope.safetensors"
