@@ -24,8 +24,15 @@ from chronoedit.training.config import TrainConfig
 from chronoedit.training.preencode_config import PreencodeConfig
 
 
+def _first_set(*values: Any) -> Any:
+    """``${ce.first:a,b,…}``: the first value that is not null or empty (e.g. a run folder, else a default)."""
+    return next((v for v in values if v not in (None, "")), None)
+
+
 def register() -> None:
-    """Register the typed schemas with Hydra's ConfigStore (entry points call this before composing)."""
+    """Register the typed schemas with Hydra's ConfigStore and our one resolver (entry points call this first)."""
+    if not OmegaConf.has_resolver("ce.first"):
+        OmegaConf.register_new_resolver("ce.first", _first_set)
     cs = ConfigStore.instance()
     cs.store(name="edit_schema", node=EditConfig)
     cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
