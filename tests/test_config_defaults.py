@@ -1,0 +1,44 @@
+"""The YAML files and the typed dataclasses state the same defaults (a researcher reads either one)."""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from chronoedit.builders import register, to_object
+from chronoedit.pipeline.config import EditConfig
+from chronoedit.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def composed(name: str, schema: type):
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name=name)
+    finally:
+        GlobalHydra.instance().clear()
+    return to_object({k: v for k, v in cfg.items() if k != "hydra"}, schema)
+
+
+def differences(a, b, prefix: str = "") -> list[str]:
+    """Field paths where two dataclass trees disagree."""
+    out = []
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if is_dataclass(x) and is_dataclass(y) and type(x) is type(y):
+            out += differences(x, y, f"{prefix}{f.name}.")
+        elif x != y:
+            out.append(f"{prefix}{f.name}: yaml={x!r} dataclass={y!r}")
+    return out
+
+
+@pytest.mark.parametrize("name,schema", [("edit", EditConfig), ("train", TrainConfig)])
+def test_yaml_defaults_equal_dataclass_defaults(name, schema):
+    assert differences(composed(name, schema), schema()) == []
