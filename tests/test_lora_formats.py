@@ -19,7 +19,7 @@ from chronoedit.checkpoint.load import load_into
 from chronoedit.checkpoint.safetensors_io import save_file
 from chronoedit.lora import LoRAWeights, add_adapter, fuse_lora
 from chronoedit.lora.export import lora_state_dict, save_lora
-from chronoedit.lora.formats import OUR_MODULES, read_lora
+from chronoedit.lora.formats import OUR_MODULES, OUR_PARAMETERS, read_lora
 from chronoedit.models.dit import DIT_PRESETS, ChronoEditDiT, DiTConfig
 from tests.helpers import randomize_, rel_err
 
@@ -222,13 +222,19 @@ def test_full_diffs_and_conv_lora_follow_the_formula(tmp_path):
         "diffusion_model.patch_embedding.lora_down.weight": torch.randn(3, *pe.shape[1:], generator=g),
         "diffusion_model.patch_embedding.lora_up.weight": torch.randn(pe.shape[0], 3, 1, 1, 1, generator=g),
         "diffusion_model.patch_embedding.alpha": torch.tensor(1.5),
+        "diffusion_model.blocks.1.modulation.diff": torch.randn(1, 6, 64, generator=g),  # bare parameters
+        "diffusion_model.head.modulation.diff": torch.randn(1, 2, 64, generator=g),
     }
     save_file(sd, tmp_path / "d.safetensors")
     lora, scheme = read_lora(tmp_path / "d.safetensors")
     assert scheme == "original"
-    fuse_lora(m, [(lora, 0.5)])
-    got = m.state_dict()
+    handle = fuse_lora(m, [(lora, 0.5)])
+    got = {k: v.clone() for k, v in m.state_dict().items()}
     P = "diffusion_model."
+    for param in ("blocks.1.modulation", "head.modulation"):
+        torch.testing.assert_close(got[param], before[param] + 0.5 * sd[P + param + ".diff"], rtol=0, atol=0)
+    handle.unfuse()
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     torch.testing.assert_close(
         got["blocks.0.norm3.weight"], before["blocks.0.norm3.weight"] + 0.5 * sd[P + "blocks.0.norm3.diff"]
     )
@@ -257,12 +263,36 @@ def test_runtime_adapter_from_a_file_equals_fused():
         assert rel_err(runtime, ours(*x)) <= 1e-5
 
 
-def test_every_lora_target_is_a_module_with_a_weight():
+def test_every_lora_target_is_a_module_with_a_weight_or_a_bare_parameter():
     m = ChronoEditDiT(DIT_PRESETS["tiny"])
-    modules = dict(m.named_modules())
+    modules, params = dict(m.named_modules()), dict(m.named_parameters())
     for pattern in OUR_MODULES:
         name = pattern.replace("{n}", "1")
         assert hasattr(modules[name], "weight"), name
+    assert sorted(OUR_PARAMETERS) == ["blocks.{n}.modulation", "head.modulation"]
+    assert all(p.replace("{n}", "1") in params for p in OUR_PARAMETERS)
+
+
+def test_bare_parameter_diffs_in_kohya_naming_and_their_misfits():
+    m = ChronoEditDiT(DIT_PRESETS["tiny"]).init_weights(torch.Generator().manual_seed(0))
+    before = m.blocks[0].modulation.detach().clone()
+    diff = torch.randn(1, 6, 64, generator=torch.Generator().manual_seed(1))
+    lora, scheme = read_lora({"lora_unet_blocks_0_modulation.diff": diff})
+    assert scheme == "kohya" and set(lora) == {"blocks.0.modulation"}
+    fuse_lora(m, [(lora, 1.0), (lora, -0.25)])  # two LoRAs: the deltas sum in fp32
+    torch.testing.assert_close(m.blocks[0].modulation.detach(), before + 0.75 * diff, rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.modulation: diff \(1, 6, 32\) vs parameter \(1, 6, 64\)"):
+        fuse_lora(m, [(read_lora({"lora_unet_blocks_0_modulation.diff": torch.ones(1, 6, 32)})[0], 1.0)])
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.modulation: a bare parameter takes a full \.diff only"):
+        read_lora({"diffusion_model.blocks.0.modulation.lora_down.weight": torch.ones(2, 64),
+                   "diffusion_model.blocks.0.modulation.lora_up.weight": torch.ones(6, 2)})  # fmt: skip
+    with pytest.raises(ValueError, match="only fuse_lora can apply"):
+        add_adapter(m, lora, name="r")
+    for scheme in ("original", "kohya"):  # written back and read again
+        again, _ = read_lora(lora_state_dict(lora, scheme)[0])
+        assert torch.equal(again["blocks.0.modulation"].diff, diff)
+    with pytest.raises(CheckpointError, match=r"bare-parameter \.diff"):
+        lora_state_dict(lora, "peft")
 
 
 # ----------------------------------------------------------------------------------------------- bad files
@@ -275,13 +305,13 @@ class Payload:  # a pickled object beyond tensors and containers: refused by wei
 def test_unknown_keys_are_named_or_warned(tmp_path):
     sd, _ = write_by_hand(random_lora(), "original")
     sd["diffusion_model.blocks.0.self_attn.q.dora_scale"] = torch.ones(24)
-    sd["diffusion_model.blocks.0.modulation.diff"] = torch.ones(1, 6, 24)
+    sd["diffusion_model.blocks.0.ffn.0.hada_w1_a"] = torch.ones(24, 2)  # LoHa: not a LoRA scheme we read
     save_file(sd, tmp_path / "u.safetensors")
     with pytest.raises(CheckpointError) as e:
         read_lora(tmp_path / "u.safetensors")
     msg = str(e.value)
     assert "u.safetensors" in msg and "2 keys" in msg
-    assert "blocks.0.self_attn.q.dora_scale" in msg and "blocks.0.modulation.diff" in msg
+    assert "blocks.0.self_attn.q.dora_scale" in msg and "blocks.0.ffn.0.hada_w1_a" in msg
     with pytest.warns(UserWarning, match="dora_scale"):
         lora, scheme = read_lora(tmp_path / "u.safetensors", strict=False)
     assert scheme == "original" and len(lora) == 24

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.safetensors_io import save_file
-from chronoedit.lora.formats import DIFFUSERS_MODULES, KOHYA_MODULES, PEFT_METADATA_KEY, SCHEMES
+from chronoedit.lora.formats import DIFFUSERS_MODULES, KOHYA_MODULES, PEFT_METADATA_KEY, SCHEMES, is_bare_parameter
 from chronoedit.lora.weights import LoRAWeights
 
 _OURS_TO_DIFFUSERS = DIFFUSERS_MODULES.inverse()
@@ -60,6 +60,9 @@ def lora_state_dict(loras: Mapping[str, LoRAWeights], scheme: str = "peft") -> t
             problems.append(f"{module}: down without up")
             continue
         if scheme == "peft":
+            if is_bare_parameter(module):
+                problems.append(f"{module}: a bare-parameter .diff (PEFT has no such tensor; use scheme='original')")
+                continue
             name = "transformer." + _OURS_TO_DIFFUSERS.map_key(module)
             if w.diff is not None:
                 problems.append(f"{module}: a full .diff delta (PEFT has no such tensor; use scheme='original')")

@@ -6,6 +6,7 @@ names to ours, and the tensor suffixes it uses):
     peft       transformer.blocks.0.attn1.to_q.lora_A.weight, .lora_B.weight (+ .lora_B.bias); alpha from the
                file's diffusers metadata (``lora_adapter_metadata``), else scale 1
     original   diffusion_model.blocks.0.self_attn.q.lora_down.weight, .lora_up.weight, .alpha, .diff_b, .diff
+               (a ``.diff`` may also target a bare parameter: ``blocks.0.modulation.diff``, ``head.modulation.diff``)
     kohya      lora_unet_blocks_0_self_attn_q.lora_down.weight, .lora_up.weight, .alpha (kohya / musubi-tuner)
     diffsynth  blocks.0.self_attn.q.lora_A.default.weight, .lora_B.default.weight (scale 1)
 
@@ -48,10 +49,15 @@ def _module_rules(keymap: KeyMap) -> list[tuple[str, str]]:
 
 _DIFFUSERS_RULES = _module_rules(DIFFUSERS_TO_OURS)
 OUR_MODULES = [dst for _, dst in _DIFFUSERS_RULES]  # every module with a weight: linears, norms, patch embedding
+# Bare parameters (no .weight / .bias): blocks.{n}.modulation, head.modulation. Original / kohya files may hold
+# a full ``.diff`` for them (ComfyUI applies it); no low-rank pair can target them.
+OUR_PARAMETERS = [dst for _, dst in DIFFUSERS_TO_OURS.rules if not dst.endswith((".{p}", ".weight", ".bias"))]
 
 DIFFUSERS_MODULES = KeyMap(_DIFFUSERS_RULES)  # blocks.{n}.attn1.to_q -> blocks.{n}.self_attn.q
 WAN_MODULES = KeyMap([(m, m) for m in OUR_MODULES])  # our names are Wan's
-KOHYA_MODULES = KeyMap([(m.replace(".", "_"), m) for m in OUR_MODULES])  # blocks_{n}_self_attn_q
+WAN_TARGETS = KeyMap([(m, m) for m in OUR_MODULES + OUR_PARAMETERS])  # + the bare parameters, for .diff
+_BARE = KeyMap([(m, m) for m in OUR_PARAMETERS])
+KOHYA_MODULES = KeyMap([(m.replace(".", "_"), m) for m in OUR_MODULES + OUR_PARAMETERS])  # blocks_{n}_self_attn_q
 
 # What each tensor suffix is: down (r, in) · up (out, r) · alpha (scalar) · bias (a full bias delta) ·
 # up_bias (PEFT lora_B.bias, scaled by alpha/rank like the product) · diff (a full weight delta).
@@ -97,7 +103,7 @@ SCHEMES: dict[str, LoRAScheme] = {
         LoRAScheme(
             "original",
             ("diffusion_model.", "model.diffusion_model."),
-            WAN_MODULES,
+            WAN_TARGETS,
             {**_LORA_DOWN_UP, **_LORA_A_B, **_DEFAULT_A_B, **_FULL},
         ),
         LoRAScheme("kohya", ("lora_unet_",), KOHYA_MODULES, {**_LORA_DOWN_UP, **_FULL}),
@@ -167,6 +173,14 @@ def _peft_alpha(cfg: Mapping, diffusers_module: str, rank: int) -> float | None:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
+def is_bare_parameter(name: str) -> bool:
+    """True for a LoRA target that is a parameter of the DiT (``blocks.3.modulation``), not a layer."""
+    try:
+        return _BARE.map_key(name) is not None
+    except KeyError:
+        return False
+
+
 def detect_scheme(keys: list[str]) -> tuple[LoRAScheme, list[str]]:
     """The scheme explaining most ``keys``, and the keys it does not explain."""
     best, best_known = None, -1
@@ -216,6 +230,9 @@ def parse_lora(
         if down is None and ("alpha" in p or "up_bias" in p):
             problems.append(f"{module}: alpha or lora_B.bias without lora_A/lora_B")
             continue
+        if is_bare_parameter(module) and set(p) != {"diff"}:
+            problems.append(f"{module}: a bare parameter takes a full .diff only, not {sorted(set(p) - {'diff'})}")
+            continue
         rank = 0 if down is None else down.shape[0]
         alpha = float(p["alpha"].float().item()) if "alpha" in p else None
         if alpha is None and scheme.name == "peft" and rank:
@@ -246,4 +263,14 @@ def read_lora(
     return parse_lora(tensors, metadata=metadata or file_metadata, strict=strict, where=str(source))
 
 
-__all__ = ["OUR_MODULES", "SCHEMES", "LoRAScheme", "detect_scheme", "parse_lora", "read_lora", "read_lora_file"]
+__all__ = [
+    "OUR_MODULES",
+    "OUR_PARAMETERS",
+    "SCHEMES",
+    "LoRAScheme",
+    "detect_scheme",
+    "is_bare_parameter",
+    "parse_lora",
+    "read_lora",
+    "read_lora_file",
+]

@@ -44,8 +44,13 @@ def fuse_lora(
     modules = dict(model.named_modules())
     handle = FusedLoRA(model)
     deltas: dict[str, Tensor] = {}  # parameter name -> summed fp32 delta
+    params = dict(model.named_parameters())
     for lora, strength in loras:
         for name, w in lora.items():
+            if name not in modules:  # a bare parameter (blocks.N.modulation): its full .diff
+                delta = strength * w.diff.float().to(params[name].device)
+                deltas[name] = delta if name not in deltas else deltas[name] + delta
+                continue
             mod = modules[name]
             for pname, delta in (("weight", w.delta_weight()), ("bias", None if w.bias is None else w.bias.float())):
                 if delta is None:
@@ -53,7 +58,6 @@ def fuse_lora(
                 key = f"{name}.{pname}"
                 delta = strength * delta.to(getattr(mod, pname).device)
                 deltas[key] = delta if key not in deltas else deltas[key] + delta
-    params = dict(model.named_parameters())
     for key, delta in deltas.items():
         p = params[key]
         handle.originals[key] = p.detach().to(backup_device, copy=True)

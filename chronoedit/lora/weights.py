@@ -53,11 +53,18 @@ class LoRAWeights:
 def check_targets(model: nn.Module, loras: Mapping[str, LoRAWeights], what: str = "LoRA") -> None:
     """Every target names a module of ``model`` and every delta fits its parameter; one error names all misfits."""
     modules = dict(model.named_modules())
-    missing = [name for name in loras if name not in modules]
+    params = dict(model.named_parameters())
+    missing = [name for name in loras if name not in modules and name not in params]
     misfit = []
     for name, w in loras.items():
         mod = modules.get(name)
         if mod is None:
+            if name in params:  # a bare parameter (blocks.N.modulation): a full .diff of its shape, nothing else
+                shape = tuple(params[name].shape)
+                if w.down is not None or w.bias is not None or w.diff is None:
+                    misfit.append(f"{name}: a parameter, not a layer: only a full .diff applies")
+                elif tuple(w.diff.shape) != shape:
+                    misfit.append(f"{name}: diff {tuple(w.diff.shape)} vs parameter {shape}")
             continue
         weight = getattr(mod, "weight", None)
         if weight is not None and weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
