@@ -15,6 +15,7 @@ import torch
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.keymaps.umt5 import (
     TRANSFORMERS_TO_OURS,
+    config_from_shapes,
     config_from_transformers,
     config_to_transformers,
     untie_embedding,
@@ -216,6 +217,54 @@ def test_xxl_preset_covers_transformers_on_meta():
     n = sum(p.numel() for p in ours.parameters())
     assert n == sum(p.numel() for p in ref.parameters())
     assert 5.6e9 < n < 5.8e9  # UMT5-XXL encoder: 5.68B parameters
+    assert config_from_shapes(ours.state_dict()) == cfg  # what a one-file Wan .pth is read as
+
+
+@pytest.mark.parametrize("naming", ["wan_pth", "wan_safetensors", "transformers_safetensors"])
+def test_one_file_encoder_loads_and_converts_to_native(tmp_path, caplog, naming):
+    """Wan 2.1's ``models_t5_umt5-xxl-enc-bf16.pth`` layout (our names) or one transformers-named file: the config
+    is read off the shapes (heads × head_dim ≠ dim here) and the encoder equals transformers' (fp32, ≤ 1e-5)."""
+    from chronoedit.checkpoint.encoders import load_text_encoder
+    from tools.convert import main as convert
+
+    cfg = UMT5Config(vocab_size=300, dim=40, ffn_dim=24, num_heads=3, head_dim=8, num_layers=3)
+    ours, ref = make_pair(cfg)
+    if naming == "wan_pth":
+        path = tmp_path / "models_t5_umt5-enc.pth"
+        torch.save(ours.state_dict(), path)
+    elif naming == "wan_safetensors":
+        path = tmp_path / "umt5.safetensors"
+        save_file(ours.state_dict(), path)
+    else:
+        path = tmp_path / "umt5.safetensors"
+        state = {k: v for k, v in ref.state_dict().items() if k != "shared.weight"}  # the tied twin only
+        save_file(state, path)
+    with caplog.at_level("INFO", logger="chronoedit"):
+        got = load_text_encoder(path, dtype=torch.float32)
+    assert f"{naming.split('_')[0]} naming" in caplog.text
+    assert got.cfg == cfg
+    ids, mask = batch(cfg.vocab_size, [9, 4], 9)
+    with torch.no_grad():
+        assert rel_err(got(ids, mask), ref(ids, attention_mask=mask).last_hidden_state) <= TOL
+    assert convert([str(path), str(tmp_path / "native"), "--component", "text_encoder", "--dtype", "bf16"]) == 0
+    native = load_text_encoder(tmp_path / "native", dtype=torch.bfloat16)
+    direct = load_text_encoder(path, dtype=torch.bfloat16)
+    assert native.cfg == cfg
+    assert all(torch.equal(v, direct.state_dict()[k]) for k, v in native.state_dict().items())
+
+
+def test_one_file_encoder_errors_name_the_file(tmp_path):
+    from chronoedit.checkpoint.encoders import load_text_encoder
+
+    ours, _ = make_pair(UMT5_PRESETS["tiny"])
+    state = ours.state_dict()
+    del state["blocks.0.pos_embedding.embedding.weight"]
+    save_file(state, tmp_path / "no_bias.safetensors")
+    with pytest.raises(CheckpointError, match=r"no_bias\.safetensors \(UMT5\): cannot infer the encoder's config"):
+        load_text_encoder(tmp_path / "no_bias.safetensors")
+    save_file({"vision_model.embeddings.patch_embedding.weight": torch.ones(2)}, tmp_path / "clip.safetensors")
+    with pytest.raises(CheckpointError, match=r"clip\.safetensors \(UMT5\): not a recognised format"):
+        load_text_encoder(tmp_path / "clip.safetensors")
 
 
 def test_bad_inputs_and_configs_are_clear_errors():

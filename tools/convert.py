@@ -4,9 +4,10 @@
     python tools/convert.py nvidia/ChronoEdit-14B-Diffusers out/chronoedit-native --dtype bf16
     # native -> diffusers component folders (transformer/, vae/, text_encoder/, tokenizer/, scheduler/, …)
     python tools/convert.py out/chronoedit-native out/diffusers --shard-size 5GB
-    # one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised) or Wan2.1_VAE.pth -> native
+    # one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised), Wan2.1_VAE.pth or Wan's UMT5 -> native
     python tools/convert.py wan2.1_i2v_720p_14B_fp8_scaled.safetensors out/dit-native --dtype bf16
     python tools/convert.py Wan2.1_VAE.pth out/vae-native --component vae
+    python tools/convert.py models_t5_umt5-xxl-enc-bf16.pth out/umt5-native --component text_encoder
 
 The direction follows from the source; an existing non-empty output folder is refused without --overwrite.
 """
@@ -41,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     from chronoedit.checkpoint.native import COMPONENTS, INDEX
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="diffusers folder, Hub repo id, native folder, or a one-file DiT / VAE")
+    p.add_argument("source", help="diffusers folder, Hub repo id, native folder, or a one-file DiT / VAE / UMT5")
     p.add_argument("dest", help="output folder")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast floating weights (to native only)")
     p.add_argument("--components", default=",".join(COMPONENTS), help="diffusers -> native: which components")
-    p.add_argument("--component", choices=["dit", "vae"], default="dit", help="what a one-file source holds")
+    p.add_argument(
+        "--component", choices=["dit", "vae", "text_encoder"], default="dit", help="what a one-file source holds"
+    )
     p.add_argument("--shard-size", default="0", help="native -> diffusers: max shard size, e.g. 5GB (0: one file)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
     p.add_argument("--local-files-only", action="store_true", help="Hub ids: use the local cache only")

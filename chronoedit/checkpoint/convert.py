@@ -3,7 +3,8 @@
 * diffusers pipeline (folder or Hub id) -> native, optionally cast (fp32 islands kept)
 * native -> diffusers component folders (transformer/, vae/, text_encoder/ + tokenizer/, scheduler/,
   image_processor/, lora/); not the image encoder, whose unused last block native does not keep
-* one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised) or VAE (Wan2.1_VAE.pth) -> native
+* one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised), VAE (Wan2.1_VAE.pth) or UMT5 encoder
+  (models_t5_umt5-xxl-enc-bf16.pth) -> native
 
 diffusers -> native -> diffusers gives back the same tensors bit for bit (without a dtype cast).
 """
@@ -78,8 +79,9 @@ def single_file_to_native(
     overwrite: bool = False,
     config: object = None,
 ) -> Path:
-    """A one-file DiT (Wan naming, any prefix, fp8 with scales dequantised) or VAE (``Wan2.1_VAE.pth``) as a
-    native checkpoint holding that component. ``config`` overrides the one inferred from the file."""
+    """A one-file DiT (Wan naming, any prefix, fp8 with scales dequantised), VAE (``Wan2.1_VAE.pth``) or UMT5
+    encoder (``models_t5_umt5-xxl-enc-bf16.pth``) as a native checkpoint holding that component. ``config``
+    overrides the one inferred from the file."""
     check_output_folder(Path(dest), overwrite)
     if component == "dit":
         from chronoedit.checkpoint.dit import inspect_dit
@@ -95,7 +97,12 @@ def single_file_to_native(
 
         cfg, tensors = read_single_file(Path(source), config)
         return save_native(dest, {"vae": (cfg, tensors)}, dtype=dtype, source=str(source), overwrite=overwrite)
-    raise ValueError(f"single-file conversion supports the dit and the vae, not {component!r}")
+    if component == "text_encoder":
+        from chronoedit.checkpoint.encoders import read_umt5_single_file
+
+        cfg, tensors = read_umt5_single_file(Path(source), config)
+        return save_native(dest, {"text_encoder": (cfg, tensors)}, dtype=dtype, source=str(source), overwrite=overwrite)
+    raise ValueError(f"single-file conversion supports dit, vae and text_encoder, not {component!r}")
 
 
 __all__ = ["diffusers_to_native", "native_to_diffusers", "single_file_to_native"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,16 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group cleanly. ``wait``: first wait for every rank (no collective still in flight on a
+    peer, e.g. rank 0 writing the export); not after an error, when the peers may never arrive. Then free what
+    still refers to the groups (FSDP's DTensors, meshes) while the interpreter is whole, and destroy them: gloo's
+    worker threads may otherwise outlive the groups into interpreter shutdown and abort the process."""
+    if not dist.is_initialized():
+        return
+    try:
+        if wait:
+            dist.barrier()
+    finally:
+        gc.collect()
         dist.destroy_process_group()

@@ -45,26 +45,33 @@ def check_inputs(cfg: TrainConfig, run_dir: Path | None = None) -> None:
 
 def run(cfg: TrainConfig, run_dir: Path) -> dict:
     """Train (on every process torchrun started, or this one) and export; returns a summary."""
+    try:
+        summary = _train(cfg, run_dir)  # the trainer, its model and the mesh are freed when this returns
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+    if summary.pop("is_main"):
+        print(json.dumps(summary))
+    return summary
+
+
+def _train(cfg: TrainConfig, run_dir: Path) -> dict:
     from chronoedit.training.trainer import Trainer
 
     world = init_world(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.shard_size)
-    try:
-        run_dir = Path(broadcast_object(str(run_dir)))  # Hydra's timestamped folder may differ between processes
-        t0 = time.perf_counter()
-        trainer = Trainer(cfg, run_dir, world)
-        start = trainer.step
-        trainer.fit()
-        exported = trainer.export()
-        summary = {
-            "run_dir": str(run_dir),
-            "steps": trainer.step,
-            "resumed_from": start or None,
-            "exported": str(exported),
-            "world_size": world.size,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        if world.is_main:
-            print(json.dumps(summary))
-        return summary
-    finally:
-        shutdown()
+    run_dir = Path(broadcast_object(str(run_dir)))  # Hydra's timestamped folder may differ between processes
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, run_dir, world)
+    start = trainer.step
+    trainer.fit()
+    exported = trainer.export()
+    return {
+        "run_dir": str(run_dir),
+        "steps": trainer.step,
+        "resumed_from": start or None,
+        "exported": str(exported),
+        "world_size": world.size,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "is_main": world.is_main,
+    }

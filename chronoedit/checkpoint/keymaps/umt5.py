@@ -34,6 +34,9 @@ TRANSFORMERS_TO_OURS = KeyMap(
 
 OURS_TO_TRANSFORMERS = TRANSFORMERS_TO_OURS.inverse()
 
+# Wan 2.1's ``models_t5_umt5-xxl-enc-bf16.pth`` (its T5Encoder state dict) uses our names: identity.
+WAN_TO_OURS = KeyMap([(dst, dst) for _, dst in TRANSFORMERS_TO_OURS.rules])
+
 TIED_EMBEDDING = ("shared.weight", "encoder.embed_tokens.weight")
 
 
@@ -82,6 +85,26 @@ def config_from_transformers(config: Mapping[str, Any], **overrides: Any) -> UMT
         num_buckets=c["relative_attention_num_buckets"],
         max_distance=c["relative_attention_max_distance"],
         eps=c["layer_norm_epsilon"],
+    )
+    cfg.update(overrides)
+    return UMT5Config(**cfg)
+
+
+def config_from_shapes(tensors: Mapping[str, Any], **overrides: Any) -> UMT5Config:
+    """A :class:`UMT5Config` read off the shapes of a state dict in our (Wan) names, for one-file encoders that
+    carry no config. ``max_distance`` and ``eps`` are not in the shapes: UMT5's 128 and 1e-6 unless overridden."""
+    vocab, dim = tensors["token_embedding.weight"].shape
+    layers = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("blocks."))
+    buckets, heads = tensors["blocks.0.pos_embedding.embedding.weight"].shape
+    inner = tensors["blocks.0.attn.q.weight"].shape[0]
+    cfg = dict(
+        vocab_size=vocab,
+        dim=dim,
+        ffn_dim=tensors["blocks.0.ffn.fc1.weight"].shape[0],
+        num_heads=heads,
+        head_dim=inner // heads,
+        num_layers=layers,
+        num_buckets=buckets,
     )
     cfg.update(overrides)
     return UMT5Config(**cfg)
