@@ -9,8 +9,6 @@ and ``spiece.model``. Takes about a second.
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,26 +80,11 @@ def make_test_tokenizer_folder(path: str | Path, vocab_size: int = 700, extra_id
     import sentencepiece as spm
     from transformers import T5TokenizerFast
 
+    from tools.make_tiny_tokenizer import train_unigram
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = str(Path(tmp) / "spiece")
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=corpus(),
-            model_prefix=prefix,
-            model_type="unigram",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,
-            byte_fallback=True,
-            character_coverage=0.995,
-            pad_id=0,
-            eos_id=1,
-            unk_id=2,
-            bos_id=-1,
-            num_threads=1,
-            minloglevel=2,
-        )
-        shutil.copy(prefix + ".model", path / "spiece.model")
+    train_unigram(corpus(), path / "spiece.model", vocab_size, character_coverage=0.995)
     proto = (path / "spiece.model").read_bytes()
     sp = spm.SentencePieceProcessor(model_proto=proto)
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
@@ -32,16 +33,16 @@ def corpus(n: int = 3000, seed: int = 0):
         yield " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14)))
 
 
-def main() -> None:
-    out = Path(__file__).resolve().parents[1] / "chronoedit" / "assets" / "tiny_tokenizer"
-    out.mkdir(parents=True, exist_ok=True)
+def train_unigram(sentences: Iterable[str], dest: Path, vocab_size: int, **options) -> Path:
+    """Train a sentencepiece unigram model with UMT5's conventions (pad 0, eos 1, unk 2, no bos, byte fallback)
+    on ``sentences`` and write it to ``dest`` (a ``spiece.model`` path). ``options`` go to the trainer."""
     with tempfile.TemporaryDirectory() as tmp:
         prefix = str(Path(tmp) / "spiece")
         spm.SentencePieceTrainer.train(
-            sentence_iterator=corpus(),
+            sentence_iterator=iter(sentences),
             model_prefix=prefix,
             model_type="unigram",
-            vocab_size=700,
+            vocab_size=vocab_size,
             hard_vocab_limit=False,
             byte_fallback=True,
             pad_id=0,
@@ -50,9 +51,16 @@ def main() -> None:
             bos_id=-1,
             num_threads=1,
             minloglevel=2,
+            **options,
         )
-        shutil.copy(prefix + ".model", out / "spiece.model")
-    print(f"wrote {out / 'spiece.model'}")
+        shutil.copy(prefix + ".model", dest)
+    return dest
+
+
+def main() -> None:
+    out = Path(__file__).resolve().parents[1] / "chronoedit" / "assets" / "tiny_tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {train_unigram(corpus(), out / 'spiece.model', vocab_size=700)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from chronoedit.checkpoint.detect import detect, open_checkpoint
 from chronoedit.checkpoint.diffusers_layout import component_folder
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.keymaps.umt5 import TRANSFORMERS_TO_OURS, WAN_TO_OURS, config_from_shapes, untie_embedding
-from chronoedit.checkpoint.load import TensorLike, cast_params, load_into
+from chronoedit.checkpoint.load import TensorLike, build_and_load
 from chronoedit.checkpoint.native import INDEX, file_config, load_component
 from chronoedit.models.text.config import UMT5Config
 
@@ -62,11 +62,7 @@ def load_text_encoder(
         from chronoedit.models.text import UMT5Encoder
 
         cfg, tensors = read_umt5_single_file(path)
-        with torch.device("meta"):
-            model = UMT5Encoder(cfg)
-        cast_params(model, dtype, UMT5Encoder.keep_fp32)
-        load_into(model, tensors, what=f"{path} (UMT5)", device=device)
-        return model.eval()
+        return build_and_load(UMT5Encoder, cfg, tensors, dtype=dtype, device=device, what=f"{path} (UMT5)")
     from chronoedit.models.text import load_umt5
 
     return load_umt5(component_folder(path, "text_encoder"), dtype=dtype, device=device)

@@ -10,12 +10,12 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from chronoedit.checkpoint.errors import CheckpointError, name_some
-from chronoedit.checkpoint.keymap import KeyMap
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor, scratch_buffer
 
 # A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
@@ -126,9 +126,22 @@ def load_into(
     return model
 
 
-def renamed(tensors: Mapping[str, TensorLike], keymap: KeyMap, what: str) -> dict[str, TensorLike]:
-    """``tensors`` under our names (via ``keymap``); unknown keys raise, naming them."""
-    return keymap.convert(tensors, what)
+def build_and_load(
+    cls: Callable[[Any], nn.Module],
+    cfg: Any,
+    tensors: Mapping[str, TensorLike],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    what: str = "checkpoint",
+) -> nn.Module:
+    """``cls(cfg)`` built on ``meta``, cast to ``dtype`` but for its fp32 islands (``cls.keep_fp32``), filled
+    strictly from ``tensors`` (our names) one tensor at a time on ``device``; in eval mode."""
+    with torch.device("meta"):
+        model = cls(cfg)
+    cast_params(model, dtype, getattr(cls, "keep_fp32", None))
+    load_into(model, tensors, what=what, device=device)
+    return model.eval()
 
 
 def cast_params(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str], bool] | None = None) -> nn.Module:

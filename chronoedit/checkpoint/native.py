@@ -27,7 +27,13 @@ import yaml
 from torch import nn
 
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.load import TensorLike, cast_params, check_keys, load_into, materialize, open_safetensors
+from chronoedit.checkpoint.load import (
+    TensorLike,
+    build_and_load,
+    check_keys,
+    materialize,
+    open_safetensors,
+)
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile
 from chronoedit.checkpoint.writer import pending, write_safetensors
 
@@ -288,11 +294,7 @@ def load_component(
     name = name or found[0]
     cfg = config if config is not None else found[1]
     _, cls = component_classes(name)
-    with torch.device("meta"):
-        model = cls(cfg)
-    cast_params(model, dtype, keep_fp32_of(name))
-    load_into(model, open_safetensors(path), what=f"{path} ({name})", device=device)
-    return model.eval()
+    return build_and_load(cls, cfg, open_safetensors(path), dtype=dtype, device=device, what=f"{path} ({name})")
 
 
 __all__ = [

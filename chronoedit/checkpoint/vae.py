@@ -13,7 +13,7 @@ import torch
 from chronoedit.checkpoint.detect import detect, open_checkpoint
 from chronoedit.checkpoint.diffusers_layout import read_component
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.load import TensorLike, cast_params, load_into
+from chronoedit.checkpoint.load import TensorLike, build_and_load
 from chronoedit.checkpoint.native import INDEX, file_config, load_component
 from chronoedit.models.vae import VAE_PRESETS, VAEConfig, WanVAE
 
@@ -61,11 +61,7 @@ def load_vae(
         cfg, tensors = read_single_file(path, config)
     else:
         raise CheckpointError(f"{path}: no such VAE checkpoint")
-    with torch.device("meta"):
-        model = WanVAE(cfg)
-    cast_params(model, dtype, getattr(WanVAE, "keep_fp32", None))
-    load_into(model, tensors, what=f"{path} (VAE)", device=device)
-    return model.eval()
+    return build_and_load(WanVAE, cfg, tensors, dtype=dtype, device=device, what=f"{path} (VAE)")
 
 
 __all__ = ["load_vae", "read_single_file"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.load import cast_params, load_into, open_safetensors
+from chronoedit.checkpoint.load import build_and_load, open_safetensors
 from chronoedit.models.clip.config import CLIPVisionConfig
 from chronoedit.models.clip.vision import CLIPVisionTower
 
@@ -40,13 +40,9 @@ def load_clip_vision(
     from chronoedit.checkpoint.keymaps.clip import transformers_to_ours, with_prefix  # see read_config
 
     cfg = config if config is not None else read_config(folder)
-    with torch.device("meta"):
-        model = CLIPVisionTower(cfg)
-    cast_params(model, dtype, CLIPVisionTower.keep_fp32)
     what = f"{folder} (CLIP vision)"
     tensors = transformers_to_ours(cfg.num_layers).convert(with_prefix(open_safetensors(folder)), what)
-    load_into(model, tensors, what=what, device=device)
-    return model.eval()
+    return build_and_load(CLIPVisionTower, cfg, tensors, dtype=dtype, device=device, what=what)
 
 
 __all__ = ["load_clip_vision", "read_config"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.load import cast_params, load_into, open_safetensors
+from chronoedit.checkpoint.load import build_and_load, open_safetensors
 from chronoedit.models.text.config import UMT5Config
 from chronoedit.models.text.umt5 import UMT5Encoder
 
@@ -40,12 +40,9 @@ def load_umt5(
     from chronoedit.checkpoint.keymaps.umt5 import TRANSFORMERS_TO_OURS, untie_embedding  # see read_config
 
     cfg = config if config is not None else read_config(folder)
-    with torch.device("meta"):
-        model = UMT5Encoder(cfg)
-    cast_params(model, dtype, UMT5Encoder.keep_fp32)
-    tensors = TRANSFORMERS_TO_OURS.convert(untie_embedding(open_safetensors(folder)), f"{folder} (UMT5)")
-    load_into(model, tensors, what=f"{folder} (UMT5)", device=device)
-    return model.eval()
+    what = f"{folder} (UMT5)"
+    tensors = TRANSFORMERS_TO_OURS.convert(untie_embedding(open_safetensors(folder)), what)
+    return build_and_load(UMT5Encoder, cfg, tensors, dtype=dtype, device=device, what=what)
 
 
 __all__ = ["load_umt5", "read_config"]
