@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.diffusers_layout import read_json
 from chronoedit.checkpoint.load import build_and_load, open_safetensors
 from chronoedit.models.clip.config import CLIPVisionConfig
 from chronoedit.models.clip.vision import CLIPVisionTower
@@ -19,11 +18,7 @@ def read_config(folder: str | os.PathLike) -> CLIPVisionConfig:
     # imported here: the key-map module imports this package's config (a cycle at import time otherwise)
     from chronoedit.checkpoint.keymaps.clip import config_from_transformers
 
-    path = Path(folder) / "config.json"
-    try:
-        return config_from_transformers(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read the image encoder config ({e})") from e
+    return config_from_transformers(read_json(Path(folder) / "config.json"))
 
 
 def load_clip_vision(

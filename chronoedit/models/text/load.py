@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.diffusers_layout import read_json
 from chronoedit.checkpoint.load import build_and_load, open_safetensors
 from chronoedit.models.text.config import UMT5Config
 from chronoedit.models.text.umt5 import UMT5Encoder
@@ -19,11 +18,7 @@ def read_config(folder: str | os.PathLike) -> UMT5Config:
     # imported here: the key-map module imports this package's config (a cycle at import time otherwise)
     from chronoedit.checkpoint.keymaps.umt5 import config_from_transformers
 
-    path = Path(folder) / "config.json"
-    try:
-        return config_from_transformers(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot read the text encoder config ({e})") from e
+    return config_from_transformers(read_json(Path(folder) / "config.json"))
 
 
 def load_umt5(
