@@ -23,6 +23,7 @@ EXTRAS = {
     "dev": ["ruff>=0.6"],
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.5"],
     "text": ["ftfy>=6"],
+    "plot": ["matplotlib>=3.7"],  # infer/eval.py sweeps: sweep.png (the table is written without it)
 }
 
 setup(

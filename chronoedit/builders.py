@@ -18,8 +18,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from chronoedit.models.spec import COMPONENT_FIELDS, ModelSpec, flatten
 from chronoedit.pipeline.config import EditConfig
-from chronoedit.sampling import SamplerConfig
+from chronoedit.toyworld.eval_config import EvalConfig
 from chronoedit.training.config import TrainConfig
 from chronoedit.training.preencode_config import PreencodeConfig
 
@@ -35,9 +36,10 @@ def register() -> None:
         OmegaConf.register_new_resolver("ce.first", _first_set)
     cs = ConfigStore.instance()
     cs.store(name="edit_schema", node=EditConfig)
-    cs.store(group="sampler", name="sampler_schema", node=SamplerConfig)
+    cs.store(group="model", name="base", node=ModelSpec)  # the dataclass defaults; every model/*.yaml starts here
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="preencode_schema", node=PreencodeConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
 
 
 def to_object(cfg: DictConfig | dict[str, Any], schema: type) -> Any:
@@ -45,8 +47,41 @@ def to_object(cfg: DictConfig | dict[str, Any], schema: type) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
 
 
+def compose_config(config_dir: Path, config_name: str, overrides: list[str], schema: type) -> tuple[Any, dict]:
+    """What an entry point gets for ``overrides`` on its command line, in-process: the config as ``schema`` and
+    its explicit :func:`model_overrides` (for tests and notebooks)."""
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    obj = to_object({k: v for k, v in cfg.items() if k != "hydra"}, schema)
+    return obj, model_overrides(overrides, obj.model)
+
+
 def to_yaml(obj: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(obj))
+
+
+def model_overrides(task_overrides: list[str], model: ModelSpec) -> dict[str, Any]:
+    """The ``model.*`` fields the command line set explicitly, with their composed values, as
+    ``{"dit.num_layers": 4}``. Choosing a preset (``model=tiny``) or a whole component sets all of its fields.
+    With ``init=checkpoint`` these replace the checkpoint's own; nothing else of ``model`` does."""
+    every = flatten(model)
+    out: dict[str, Any] = {}
+    for o in OverridesParser.create().parse_overrides([a for a in task_overrides if not a.startswith("hydra")]):
+        key = o.get_key_element().lstrip("+~")
+        if key == "model":
+            return every
+        if key.startswith("model."):
+            path = key.removeprefix("model.")
+            if path in COMPONENT_FIELDS:
+                out.update({k: v for k, v in every.items() if k.startswith(path + ".")})
+            elif path in every:
+                out[path] = every[path]
+    return out
 
 
 def _first_of_sweeps(args: list[str]) -> list[str]:
@@ -99,5 +134,19 @@ class MultirunSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if sweep.is_dir():
             written = write_sweep_summary(sweep)
+            if written:
+                print(json.dumps({"sweep_summary": [str(p) for p in written]}))
+
+
+class EvalSweepSummary(Callback):
+    """After an eval sweep: ``sweep.md`` / ``sweep.csv`` (every run's headline metrics against the swept keys)
+    and ``sweep.png`` (with matplotlib)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from chronoedit.toyworld.report import write_eval_sweep
+
+        sweep = Path(config.hydra.sweep.dir)
+        if sweep.is_dir():
+            written = write_eval_sweep(sweep)
             if written:
                 print(json.dumps({"sweep_summary": [str(p) for p in written]}))

@@ -1,4 +1,4 @@
-"""Everything applied to a model from the outside: activation checkpointing, FSDP2, compile.
+"""Everything applied to a model from the outside: the attention kernel, activation checkpointing, FSDP2, compile.
 
 The model files contain no distributed code; training and inference call these on an unchanged model.
 """
@@ -6,10 +6,13 @@ The model files contain no distributed code; training and inference call these o
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+
+from chronoedit.ops.attention import AttentionFn, get_attention
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -22,15 +25,43 @@ def _blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
+def apply_attention(model: nn.Module, attention: str | AttentionFn) -> nn.Module:
+    """Install an attention kernel (a name of ``ATTENTION_BACKENDS`` or a function with its signature) in every
+    attention layer of ``model`` (the layers that take an ``attn_fn``): DiT, CLIP, or a wrapper of one."""
+    fn = get_attention(attention) if isinstance(attention, str) else attention
+    for module in model.modules():
+        if hasattr(module, "attn_fn"):
+            module.attn_fn = fn
+    return model
+
+
+class CheckpointedBlock(nn.Module):
+    """A block whose activations are recomputed in the backward pass.
+
+    It shares the wrapped block's parameter, buffer and submodule tables, so parameter names, state dicts, FSDP
+    sharding and LoRA injection see exactly the block (no ``_checkpoint_wrapped_module`` in any name)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self._parameters, self._buffers, self._modules = block._parameters, block._buffers, block._modules
+        object.__setattr__(self, "inner", block)  # not registered: its tensors are already this module's
+
+    def forward(self, *args: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return self.inner(*args)
+        return torch.utils.checkpoint.checkpoint(self.inner, *args, use_reentrant=False)
+
+
 def apply_activation_checkpointing(model: nn.Module, blocks: bool | Iterable[int] = True) -> nn.Module:
-    """Recompute the activations of the chosen blocks in the backward pass (all, none, or a list of indices)."""
+    """Wrap the chosen blocks (all, none, or a list of indices) in :class:`CheckpointedBlock`."""
     layers = _blocks(model)
     chosen = set(range(len(layers))) if blocks is True else set() if blocks is False else set(blocks)
     bad = sorted(i for i in chosen if not 0 <= i < len(layers))
     if bad:
         raise ValueError(f"activation checkpointing block indices {bad} out of range [0, {len(layers)})")
-    for i, block in enumerate(layers):
-        block.grad_checkpoint = i in chosen
+    for i in sorted(chosen):
+        if not isinstance(layers[i], CheckpointedBlock):
+            layers[i] = CheckpointedBlock(layers[i])
     return model
 
 

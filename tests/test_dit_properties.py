@@ -128,26 +128,43 @@ def test_invalid_configs_raise():
     with pytest.raises(ValueError, match="rope_temporal_skip_len=0"):
         DiTConfig(rope_temporal_skip_len=0)
     with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
-        ChronoEditDiT(DIT_PRESETS["tiny"].replace(attn_backend="nope"))
+        from chronoedit.parallelize import apply_attention
+
+        apply_attention(ChronoEditDiT(DIT_PRESETS["tiny"]), "nope")
+    with pytest.raises(ValueError, match=r"model\.dit\.block='nope' is not a registered DiT block"):
+        ChronoEditDiT(DIT_PRESETS["tiny"].replace(block="nope"))
 
 
 def test_attention_backends_agree(tiny):
     """The explicit-softmax backend computes the same function as SDPA (a new kernel can be checked this way)."""
     x, t, ctx, img = (torch.randn_like(a) if a.is_floating_point() else a for a in _args(tiny.cfg, f=2, h=4, w=6))
     t = torch.tensor([300.0])
-    other = ChronoEditDiT(tiny.cfg.replace(attn_backend="math")).eval()
+    from chronoedit.parallelize import apply_attention
+
+    other = apply_attention(ChronoEditDiT(tiny.cfg), "math").eval()
     other.load_state_dict(tiny.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(other(x, t, ctx, img), tiny(x, t, ctx, img), rtol=1e-5, atol=1e-5)
 
 
 def test_activation_checkpointing_selects_blocks(tiny):
-    from chronoedit.parallelize import apply_activation_checkpointing
+    from chronoedit.parallelize import CheckpointedBlock, apply_activation_checkpointing
 
     m = ChronoEditDiT(DIT_PRESETS["tiny"])
+    names = [n for n, _ in m.named_parameters()]
+    torch.manual_seed(0)
+    x, _, ctx, img = (torch.randn_like(a) for a in _args(m.cfg, f=2, h=4, w=4))
+    t = torch.tensor([300.0])
+    x.requires_grad_(True)
+    m(x, t, ctx, img).square().sum().backward()
+    want = x.grad.clone()
     apply_activation_checkpointing(m, blocks=[1])
-    assert [b.grad_checkpoint for b in m.blocks] == [False, True]
+    assert [isinstance(b, CheckpointedBlock) for b in m.blocks] == [False, True]
     apply_activation_checkpointing(m, blocks=True)
-    assert all(b.grad_checkpoint for b in m.blocks)
+    assert all(isinstance(b, CheckpointedBlock) for b in m.blocks)
+    assert [n for n, _ in m.named_parameters()] == names  # names (and so state dicts, FSDP, LoRA) unchanged
+    x.grad = None
+    m(x, t, ctx, img).square().sum().backward()  # recomputed in backward: the same gradients
+    torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"block indices \[5\] out of range"):
         apply_activation_checkpointing(m, blocks=[5])

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from chronoedit.pipeline import job
 from chronoedit.pipeline.config import EditConfig, ReasoningConfig
 from chronoedit.pipeline.images import load_image
+from chronoedit.runtime import RuntimeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["max_area=16384", "sampler.steps=2"]  # ~128² pixels, two steps: a CLI run of the tiny model in seconds
@@ -43,7 +44,7 @@ def no_model_load(monkeypatch):
         (dict(height=100, width=64), "height=100 and width=64 must be positive multiples of 16"),
         (dict(height=64), "give both height and width"),
         (dict(checkpoint="not/a/path/at/all"), "neither 'tiny', an existing folder nor a Hub repo id"),
-        (dict(dtype="float64"), "dtype='float64' is not one of"),
+        (dict(runtime=RuntimeConfig(device="cpu", dtype="float32"), init="checkpoint"), "init=checkpoint needs"),
     ],
 )
 def test_bad_inputs_fail_before_any_model_load(tmp_path, no_model_load, change, message):

@@ -262,7 +262,9 @@ def test_unipc_without_lower_order_final(order):
         x = ref_sched.step(ref_model(x, t.expand(B)), t, x, return_dict=False)[0]
         ref.append(x)
     ours = our_loop(UniPC(order=order, lower_order_final=False), flow_schedule(steps, 5.0), Field(), noise(), k)
-    assert max_traj_err(ours[:-1], ref) == 0.0
+    # order 3 away from the ends: diffusers solves its 2×2 system with torch.linalg.solve, whose last-bit rounding
+    # depends on the LAPACK kernel the CPU gets (3.3e-8 on some machines); order 2 is closed-form in both
+    assert max_traj_err(ours[:-1], ref) <= (0.0 if order == 2 else 1e-6)
     with pytest.raises(RuntimeError):  # diffusers' last step: singular solve, or NaN at order 2
         t = ref_sched.timesteps[-1]
         out = ref_sched.step(ref_model(x, t.expand(B)), t, x, return_dict=False)[0]

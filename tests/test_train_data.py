@@ -166,7 +166,7 @@ def test_a_cache_trains_with_pairs_and_clips_mixed(tmp_path):
     tc.data.cache, tc.data.synthetic, tc.data.video_ratio = str(tmp_path / "cache"), None, 0.5
     tc.objective.text_dropout = 0.5
     tc.precision.compute = tc.precision.frozen = "float32"
-    tc.checkpoint.every = 0
+    tc.checkpoints.every = 0
     tc.lora.rank = 4
     trainer = Trainer(tc, tmp_path / "run", init_world("cpu"))
     records = trainer.fit()

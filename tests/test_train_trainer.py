@@ -66,7 +66,7 @@ def test_lora_learns_exports_and_changes_the_edit(tmp_path):
     from chronoedit.pipeline.job import example_image
     from chronoedit.pipeline.pipeline import EditPipeline, EditRequest
 
-    cfg = config("steps=40", "lora.rank=16", "lora.alpha=16", "checkpoint.every=0")
+    cfg = config("steps=40", "lora.rank=16", "lora.alpha=16", "checkpoints.every=0")
     trainer = Trainer(cfg, tmp_path, WORLD)
     before = trainer.eval_loss()
     trainer.fit()
@@ -74,7 +74,7 @@ def test_lora_learns_exports_and_changes_the_edit(tmp_path):
     print(f"LoRA (fresh draws): eval loss {before:.4f} -> {after:.4f} ({100 * (1 - after / before):.1f}% lower)")
     assert after < 0.8 * before
 
-    base = base_weights("tiny").tensors
+    base = base_weights(config()).tensors
     trained = trainer.model.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in base.items())  # the base model is untouched
     path = trainer.export()
@@ -101,12 +101,12 @@ def test_exported_lora_loads_in_diffusers_and_matches_ours(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     pytest.importorskip("peft")
     targets = "[self_attn.q,self_attn.k,self_attn.v,self_attn.o,cross_attn.q,cross_attn.k,cross_attn.v,cross_attn.o,cross_attn.k_img,cross_attn.v_img,ffn.0,ffn.2]"
-    cfg = config("steps=6", f"lora.targets={targets}", "lora.alpha=4.0", "checkpoint.every=0")
+    cfg = config("steps=6", f"lora.targets={targets}", "lora.alpha=4.0", "checkpoints.every=0")
     trainer = Trainer(cfg, tmp_path, WORLD)
     trainer.fit()
     path = trainer.export()
 
-    base = base_weights("tiny")
+    base = base_weights(config())
     ref = diffusers.ChronoEditTransformer3DModel(**config_to_diffusers(base.config)).eval()
     ref.load_state_dict(OURS_TO_DIFFUSERS.convert({k: v.clone() for k, v in base.tensors.items()}))
     pipe = diffusers.ChronoEditPipeline(
@@ -115,7 +115,7 @@ def test_exported_lora_loads_in_diffusers_and_matches_ours(tmp_path):
     )  # fmt: skip
     pipe.load_lora_weights(str(path), adapter_name="trained")
     ours = trainer.model.eval()  # the trained adapters, at run time
-    fused = base_weights("tiny")
+    fused = base_weights(config())
     from chronoedit.models.dit import ChronoEditDiT
 
     ours_fused = ChronoEditDiT(fused.config)
@@ -142,7 +142,7 @@ def _run(run_dir, *overrides: str, until: int | None = None) -> tuple[Trainer, l
     return trainer, trainer.fit(until)
 
 
-RESUME = ("steps=6", "checkpoint.every=2", "ema.enabled=true", "ema.decay=0.9", "objective.text_dropout=0.3",
+RESUME = ("steps=6", "checkpoints.every=2", "ema.enabled=true", "ema.decay=0.9", "objective.text_dropout=0.3",
           "data.synthetic.videos=2", "data.video_ratio=0.5", "micro_batch_size=2", "log_every=1")  # fmt: skip
 
 
@@ -168,7 +168,7 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path):
 
 def test_checkpoints_are_atomic_and_the_run_folder_is_protected(tmp_path):
     run = tmp_path / "run"
-    _run(run, "steps=4", "checkpoint.every=2", "checkpoint.keep=1")
+    _run(run, "steps=4", "checkpoints.every=2", "checkpoints.keep=1")
     assert [s for s, _ in complete_checkpoints(run)] == [4]  # keep=1: the older one was removed
     # a save killed half-way leaves a .tmp folder (and a folder without trainer.json): never taken as the latest
     half = step_dir(run, 6).with_name("step_00000006.tmp")
@@ -182,11 +182,11 @@ def test_checkpoints_are_atomic_and_the_run_folder_is_protected(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint"):
         Trainer(config("resume=true"), tmp_path / "empty", WORLD)
     with pytest.raises(ValueError, match=r"lora\.rank: 8 -> 16"):
-        Trainer(config("steps=6", "checkpoint.keep=1", "lora.rank=16", "resume=true"), run, WORLD)
+        Trainer(config("steps=6", "checkpoints.keep=1", "lora.rank=16", "resume=true"), run, WORLD)
     with pytest.raises(ValueError, match=r"batch_size: 4 -> 8.*seed: 0 -> 1"):
         Trainer(config("steps=6", "batch_size=8", "seed=1", "resume=true"), run, WORLD)
     # allowed changes: more steps, another lr, logging, checkpoint cadence
-    _, records = _run(run, "steps=6", "optim.lr=0.005", "checkpoint.every=1", "log_every=2", "resume=true")
+    _, records = _run(run, "steps=6", "optim.lr=0.005", "checkpoints.every=1", "log_every=2", "resume=true")
     assert [r["step"] for r in records] == [5, 6] and records[0]["lr"] == 0.005
 
     (run / "notes.txt").write_text("mine")
@@ -211,10 +211,10 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_islands(tmp_path):
 
 def test_every_experiment_and_debug_config_composes():
     for name in sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")):
-        extra = [] if name.startswith("tiny") else ["model.checkpoint=/ckpt", "data.cache=/data"]
+        extra = [] if name.startswith("tiny") else ["checkpoint=/ckpt", "data.cache=/data"]
         cfg = config(*extra, experiment=name)
         assert isinstance(cfg, TrainConfig)
-    lora = config("model.checkpoint=/ckpt", "data.cache=/data", experiment="lora_14b")
+    lora = config("checkpoint=/ckpt", "data.cache=/data", experiment="lora_14b")
     assert (lora.lora.rank, lora.optim.lr, lora.lora.targets) == (32, 1e-4, ["self_attn.q", "self_attn.k",
                                                                                "self_attn.v", "self_attn.o",
                                                                                "ffn.0", "ffn.2"])  # fmt: skip
@@ -222,10 +222,10 @@ def test_every_experiment_and_debug_config_composes():
         config(f"debug={debug}")
     with pytest.raises(Exception, match="lora_rank"):
         config("lora_rank=3")
-    with pytest.raises(Exception, match=r"model\.checkpoint is not set"):
+    with pytest.raises(Exception, match=r"checkpoint is not set"):
         config("data.cache=/data", experiment="lora_14b")
     with pytest.raises(Exception, match="exactly one data source"):
-        config("model.checkpoint=/ckpt", experiment="lora_14b")
+        config("checkpoint=/ckpt", experiment="lora_14b")
     with pytest.raises(Exception, match="exactly one data source"):
         config("data.cache=/data")
     assert json.loads(json.dumps(config().__dict__, default=str))

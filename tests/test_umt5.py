@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from chronoedit.checkpoint.encoders import load_text_encoder as load_umt5
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.keymaps.umt5 import (
     TRANSFORMERS_TO_OURS,
@@ -22,7 +23,7 @@ from chronoedit.checkpoint.keymaps.umt5 import (
 )
 from chronoedit.checkpoint.load import cast_params, load_into
 from chronoedit.checkpoint.safetensors_io import save_file
-from chronoedit.models.text import UMT5_PRESETS, Tokenizer, UMT5Config, UMT5Encoder, encode_prompts, load_umt5
+from chronoedit.models.text import UMT5_PRESETS, Tokenizer, UMT5Config, UMT5Encoder, encode_prompts
 from chronoedit.models.text.umt5 import relative_position_buckets
 from tests.fixtures_text import make_test_tokenizer_folder
 from tests.helpers import randomize_, rel_err

@@ -174,11 +174,20 @@ def test_unsupported_diffusers_configs_are_rejected(change, match):
         ({"dim_mult": ()}, "dim_mult"),
         ({"base_dim": 7}, "even"),
         ({"z_dim": 4}, "z_dim=4"),
-        ({"tile_size": 100}, "tile_size"),
-        ({"tile_overlap": 160}, "tile_overlap"),
-        ({"strip_rows": 12}, "strip_rows"),
     ],
 )
 def test_invalid_configs_are_rejected(change, match):
     with pytest.raises(ValueError, match=match):
         VAEConfig(**change)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [({"tile_size": 100}, "tile_size"), ({"tile_overlap": 160}, "tile_overlap"), ({"strip_rows": 12}, "strip_rows")],
+)
+def test_invalid_tilings_are_rejected_before_compute(change, match):
+    from chronoedit.models.vae import VAETiling
+
+    vae = WanVAE(VAE_PRESETS["tiny"])
+    with pytest.raises(ValueError, match=match):
+        vae.decode(torch.zeros(1, 16, 1, 4, 4), tiling=VAETiling(**change))

@@ -82,4 +82,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from chronoedit.files import OutputError, check_output_location, lock_output
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str):
+            raise ValueError(message)
+
+    def destination(argv: list[str]) -> str | None:
+        """The output folder on the command line (None if it does not parse: main() then says why)."""
+        p = _Parser(add_help=False)
+        p.add_argument("source")
+        p.add_argument("dest")
+        for option in ("--dtype", "--components", "--component", "--shard-size"):
+            p.add_argument(option)
+        try:
+            return p.parse_known_args(argv)[0].dest
+        except ValueError:
+            return None
+
+    dest = None if {"-h", "--help"} & set(sys.argv[1:]) else destination(sys.argv[1:])
+    try:
+        if dest is not None:  # before anything is written: the folder may be made and written, and is ours alone
+            check_output_location(dest, what="output folder")
+            lock_output(dest, what="output folder")
+        code = main()
+    except (OutputError, OSError) as e:  # a full disk, a folder made read-only meanwhile: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -54,7 +54,7 @@ def write_checkpoint(folder: Path, layers: int, shard_gb: float) -> int:
     """A random fp32 diffusers transformer folder; returns its size in bytes."""
     import torch
 
-    from chronoedit.checkpoint.diffusers_layout import write_component
+    from chronoedit.checkpoint.registry import write_diffusers
     from chronoedit.models.dit import ChronoEditDiT, DiTConfig
 
     # Wan 1.3B width (dim 1536, 12 heads, FFN 8960) with the real text / image encoder widths
@@ -62,7 +62,7 @@ def write_checkpoint(folder: Path, layers: int, shard_gb: float) -> int:
     with torch.device("meta"):
         shapes = {k: v for k, v in ChronoEditDiT(cfg).state_dict().items()}
     lazy = {k: LazyRandom(tuple(v.shape), i) for i, (k, v) in enumerate(shapes.items())}
-    write_component("dit", cfg, lazy, folder, max_shard_bytes=int(shard_gb * 1e9))
+    write_diffusers("dit", cfg, lazy, folder, max_shard_bytes=int(shard_gb * 1e9))
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 

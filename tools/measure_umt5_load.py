@@ -87,7 +87,7 @@ def child(folder: str, dtype_name: str) -> None:
     """Runs in the fresh process: load, then print sizes and peak RSS as JSON."""
     import torch
 
-    from chronoedit.models.text import load_umt5
+    from chronoedit.checkpoint.encoders import load_text_encoder as load_umt5
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak so far: interpreter + torch
     t0 = time.perf_counter()

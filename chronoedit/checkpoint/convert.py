@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from chronoedit.checkpoint.diffusers_layout import FOLDERS, read_component, write_component
 from chronoedit.checkpoint.load import open_safetensors
 from chronoedit.checkpoint.native import COMPONENTS, check_output_folder, load_native_config, save_native
+from chronoedit.checkpoint.registry import COMPONENTS as REGISTRY
+from chronoedit.checkpoint.registry import open_component, read_diffusers, write_diffusers
 from chronoedit.checkpoint.resolve import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def diffusers_to_native(
     written as a native one. Every component is checked against our model before anything is written."""
     check_output_folder(Path(dest), overwrite)
     info = resolve_checkpoint(source, components=components, **hub)
-    parts = {name: read_component(info.components[name], name) for name in components}
+    sources = [read_diffusers(info.components[name], name) for name in components]
+    parts = {src.name: (src.config, src.tensors) for src in sources}
     return save_native(
         dest, parts, dtype=dtype, folders=info.folders, loras=info.loras, source=str(source), overwrite=overwrite
     )
@@ -56,12 +58,11 @@ def native_to_diffusers(
     dest = Path(dest)
     check_output_folder(dest, overwrite)
     for name in native.files:
-        if name == "image_encoder":
-            log.warning("%s: the image encoder is not written (native keeps only the blocks it runs)", source)
+        if REGISTRY[name].config_to_diffusers is None:
+            log.warning("%s: the %s is not written (native keeps only the blocks it runs)", source, name)
             continue
-        write_component(
-            name, native.configs[name], open_safetensors(native.path(name)), dest / FOLDERS[name], max_shard_bytes
-        )
+        tensors = open_safetensors(native.path(name))
+        write_diffusers(name, native.configs[name], tensors, dest / REGISTRY[name].folder, max_shard_bytes)
     for name in native.folders:
         shutil.copytree(native.folder(name), dest / name, dirs_exist_ok=True)
     for lora in native.loras:
@@ -83,26 +84,15 @@ def single_file_to_native(
     encoder (``models_t5_umt5-xxl-enc-bf16.pth``) as a native checkpoint holding that component. ``config``
     overrides the one inferred from the file."""
     check_output_folder(Path(dest), overwrite)
-    if component == "dit":
-        from chronoedit.checkpoint.dit import inspect_dit
-
-        src = inspect_dit(source, config)
-        log.info("%s: %s", src.where, src.format.describe())
-        return save_native(
-            dest, {"dit": (src.config, src.parts.params)}, dtype=dtype, fp8_scales={"dit": src.parts.scales},
-            source=str(source), overwrite=overwrite,
-        )  # fmt: skip
-    if component == "vae":
-        from chronoedit.checkpoint.vae import read_single_file
-
-        cfg, tensors = read_single_file(Path(source), config)
-        return save_native(dest, {"vae": (cfg, tensors)}, dtype=dtype, source=str(source), overwrite=overwrite)
-    if component == "text_encoder":
-        from chronoedit.checkpoint.encoders import read_umt5_single_file
-
-        cfg, tensors = read_umt5_single_file(Path(source), config)
-        return save_native(dest, {"text_encoder": (cfg, tensors)}, dtype=dtype, source=str(source), overwrite=overwrite)
-    raise ValueError(f"single-file conversion supports dit, vae and text_encoder, not {component!r}")
+    if REGISTRY[component].single_file is None:
+        raise ValueError(f"single-file conversion supports {[n for n, c in REGISTRY.items() if c.single_file]}, "
+                         f"not {component!r}")  # fmt: skip
+    src = open_component(source, component, config)
+    log.info("%s: %s", src.where, src.describe)
+    return save_native(
+        dest, {component: (src.config, src.tensors)}, dtype=dtype, fp8_scales={component: src.fp8_scales},
+        source=str(source), overwrite=overwrite,
+    )  # fmt: skip
 
 
 __all__ = ["diffusers_to_native", "native_to_diffusers", "single_file_to_native"]

@@ -12,14 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from chronoedit.checkpoint.errors import CheckpointError, name_some
+from chronoedit.checkpoint.fp8 import FP8_DTYPES
 from chronoedit.checkpoint.keymap import KeyMap
 from chronoedit.checkpoint.load import TensorLike, open_safetensors
+from chronoedit.checkpoint.pickle_io import PICKLE_SUFFIXES, load_pickled_tensors
 from chronoedit.checkpoint.safetensors_io import DTYPES
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
@@ -49,23 +48,13 @@ class Detected:
 
 def open_checkpoint(path: str | os.PathLike) -> dict[str, TensorLike]:
     """The tensors of a ``.safetensors`` file or folder (headers only), or of a pickle (``.pth``/``.pt``/
-    ``.bin``) loaded with ``torch.load(weights_only=True, mmap=True)`` — never arbitrary objects."""
+    ``.bin``/``.ckpt``) read by :func:`~chronoedit.checkpoint.pickle_io.load_pickled_tensors` (``torch.load`` with
+    ``weights_only=True``, memory-mapped) — never arbitrary objects."""
     path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-        try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:  # files in the legacy (non-zip) format cannot be memory-mapped
-                if "mmap" not in str(e):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # UnpicklingError for objects, RuntimeError for a corrupt or truncated zip
-            raise CheckpointError(f"{path}: cannot be loaded with torch.load(weights_only=True) ({e})") from e
-        if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-            state = state["state_dict"]
-        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: expected a mapping of names to tensors, got {type(state).__name__}")
-        return dict(state)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        return load_pickled_tensors(path)
+    if path.is_file() and path.suffix == ".gguf":
+        raise CheckpointError(f"{path}: GGUF files (llama.cpp / ComfyUI-GGUF quantisation) are not supported")
     return open_safetensors(path)
 
 
@@ -111,4 +100,4 @@ def detect(
     return Detected(naming, prefix, fp8, tuple(d for d, _ in dtypes.most_common()))
 
 
-__all__ = ["FP8_DTYPES", "Detected", "detect", "open_checkpoint", "strip_prefix"]
+__all__ = ["Detected", "detect", "open_checkpoint", "strip_prefix"]

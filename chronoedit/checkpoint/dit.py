@@ -1,33 +1,27 @@
-"""Load the DiT from any of its formats: a diffusers ``transformer/`` folder (or the pipeline folder above it),
-a native folder or file, or a single file in the original Wan naming (ComfyUI / Kijai repacks: any prefix,
-fp32/fp16/bf16 or fp8 with scales).
+"""The DiT's own single-file formats: the original Wan naming (ComfyUI / Kijai repacks: any prefix,
+fp32/fp16/bf16 or fp8 with scales, dequantised on load or kept in fp8), its config read off the shapes.
 
-Every path ends in the same strict, lean load: the model is built on ``meta``, cast to the target dtype with
-the fp32 islands kept, and filled one tensor at a time (see :mod:`chronoedit.checkpoint.load`).
+Every other layout, and the load itself, is the registry's (:mod:`chronoedit.checkpoint.registry`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from chronoedit.checkpoint.detect import Detected, detect, open_checkpoint
+from chronoedit.checkpoint.detect import detect, open_checkpoint
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.fp8 import AUX_SUFFIXES, FP8_DTYPES, Fp8Parts, dequantize, keep_fp8, split_fp8
 from chronoedit.checkpoint.keymap import KeyMap
-from chronoedit.checkpoint.keymaps.dit import DIFFUSERS_TO_OURS, WAN_PREFIXES, config_from_diffusers
-from chronoedit.checkpoint.load import cast_params, load_into
-from chronoedit.checkpoint.native import INDEX, file_config, load_native_config
+from chronoedit.checkpoint.keymaps.dit import DIFFUSERS_TO_OURS, WAN_PREFIXES
+from chronoedit.checkpoint.registry import Source, load, open_component
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile
 from chronoedit.models.dit import ChronoEditDiT, DiTConfig
 
@@ -69,67 +63,49 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], *, head_dim: int =
     return DiTConfig(**cfg)
 
 
-def _locate(path: Path) -> tuple[Path, DiTConfig | None]:
-    """(the tensors' file or folder, its config if the layout has one)."""
-    if path.is_dir():
-        if (path / "model_index.json").is_file():  # a diffusers pipeline folder: its transformer
-            path = path / "transformer"
-        if (path / INDEX).is_file():  # a native folder
-            native = load_native_config(path)
-            if native.dit is None:
-                raise CheckpointError(f"{path}: this native checkpoint has no DiT")
-            return native.path("dit"), native.dit
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"{path}: a DiT folder needs config.json (diffusers) or chronoedit.yaml (native)")
-        try:
-            return path, config_from_diffusers(json.loads(config_file.read_text()))
-        except (OSError, json.JSONDecodeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{config_file}: not a usable DiT config ({e})") from e
-    if path.is_file() and path.suffix == ".safetensors":
-        found = file_config(path)  # a native file carries its config
-        if found is not None:
-            if found[0] != "dit":
-                raise CheckpointError(f"{path}: holds the {found[0]}, not the DiT")
-            return path, found[1]
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such DiT checkpoint")
-    return path, None
-
-
-@dataclass
-class DiTSource:
-    """A DiT checkpoint, inspected (headers only): where its tensors are, their format, the config, and the
-    parameters under our names with the fp8 scales set apart."""
-
-    where: Path  # the file or folder holding the tensors
-    format: Detected
-    config: DiTConfig
-    parts: Fp8Parts  # params and scales, our names
-
-    @property
-    def what(self) -> str:
-        return f"{self.where} (DiT)"
-
-
-def inspect_dit(path: str | os.PathLike, config: DiTConfig | None = None) -> DiTSource:
-    """Locate, detect and rename a DiT checkpoint without reading tensor data. The config is ``config`` if
-    given, else the checkpoint's, else read off the tensor shapes. Unknown keys raise, naming them."""
-    where, found = _locate(Path(path))
-    tensors = open_checkpoint(where)
-    what = f"{where} (DiT)"
+def read_single_dit(path: Path, config: DiTConfig | None = None) -> Source:
+    """A one-file DiT in the original Wan naming (ComfyUI / Kijai repacks: any prefix) or diffusers naming,
+    fp32/fp16/bf16 or fp8 with scales. Single files carry no config: ``config``, else read off the shapes."""
+    tensors = open_checkpoint(path)
+    what = f"{path} (DiT)"
     fmt = detect(tensors, DIT_NAMINGS, prefixes=WAN_PREFIXES, aux=AUX_SUFFIXES, what=what)
-    metadata = SafetensorsFile(where).metadata if where.is_file() and where.suffix == ".safetensors" else {}
+    metadata = SafetensorsFile(path).metadata if path.suffix == ".safetensors" else {}
     parts = split_fp8({fmt.strip(k): v for k, v in tensors.items()}, metadata, what)
     naming = DIT_NAMINGS[fmt.naming]
     parts = Fp8Parts(naming.convert(parts.params, what), naming.convert(parts.scales, what))
-    cfg = config or found
-    if cfg is None:
+    if config is None:
         try:
-            cfg = config_from_shapes({k: tuple(v.shape) for k, v in parts.params.items()})
+            config = config_from_shapes({k: tuple(v.shape) for k, v in parts.params.items()})
         except CheckpointError as e:
             raise CheckpointError(f"{what}: {e}") from e
-    return DiTSource(where, fmt, cfg, parts)
+    src = Source("dit", path, config, parts.params, fp8_scales=parts.scales, describe=fmt.describe())
+    if fmt.fp8:
+        src.convert = _dequantizer(parts, kept=set())
+        src.prepare = _keep_fp8_linears
+    return src
+
+
+def _dequantizer(parts: Fp8Parts, kept: set[str]):
+    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
+        return dequantize(t, parts.scale_of(name)) if t.dtype in FP8_DTYPES and name not in kept else t
+
+    return convert
+
+
+def _keep_fp8_linears(model: nn.Module, src: Source):
+    """fp8="keep": block linears whose weights are stored fp8 become :class:`FP8Linear` (fp8 in memory)."""
+    parts = Fp8Parts(dict(src.tensors), dict(src.fp8_scales))
+    stored = [k.removesuffix(".weight") for k, t in parts.params.items() if t.dtype in FP8_DTYPES]
+    linears = [n for n in stored if n.startswith("blocks.") and isinstance(model.get_submodule(n), nn.Linear)]
+    kept = {f"{n}.weight" for n in keep_fp8(model, linears, parts)}
+    log.info("%s: %d block linears kept in fp8", src.where, len(kept))
+    src.tensors = parts.params  # now with the kept layers' scale_weight entries
+    return _dequantizer(parts, kept)
+
+
+def inspect_dit(path: str | os.PathLike, config: DiTConfig | None = None) -> Source:
+    """The DiT at ``path`` in any layout, headers only (see :func:`chronoedit.checkpoint.registry.open_component`)."""
+    return open_component(path, "dit", config)
 
 
 def load_dit(
@@ -139,39 +115,12 @@ def load_dit(
     device: torch.device | str = "cpu",
     fp8: str = "dequantize",
     config: DiTConfig | None = None,
-    **overrides: Any,
 ) -> ChronoEditDiT:
-    """The DiT at ``path``, weights in ``dtype`` (fp32 islands kept fp32), on ``device``.
-
-    ``path``: a diffusers ``transformer/`` folder or pipeline folder, a native folder or ``dit.safetensors``, or a
-    single Wan-named file. ``fp8``: "dequantize" (fp8 weights × scales, then ``dtype``) or "keep" (block
-    linears whose weights are stored fp8 stay fp8 in memory, as :class:`~chronoedit.checkpoint.fp8.FP8Linear`).
-    ``config`` replaces the config found in (or inferred from) the checkpoint; ``overrides`` change fields of it
-    (e.g. ``attn_backend``).
-    """
-    if fp8 not in ("dequantize", "keep"):
-        raise ValueError(f"fp8={fp8!r} must be 'dequantize' or 'keep'")
-    src = inspect_dit(path, config)
-    cfg = src.config.replace(**overrides) if overrides else src.config
-    log.info("%s: %s", src.where, src.format.describe())
-    parts = src.parts
-    with torch.device("meta"):
-        model = ChronoEditDiT(cfg)
-    cast_params(model, dtype, ChronoEditDiT.keep_fp32)
-    kept: set[str] = set()
-    if fp8 == "keep" and src.format.fp8:
-        stored_fp8 = [k.removesuffix(".weight") for k, t in parts.params.items() if t.dtype in FP8_DTYPES]
-        linears = [n for n in stored_fp8 if n.startswith("blocks.") and isinstance(model.get_submodule(n), nn.Linear)]
-        kept = {f"{n}.weight" for n in keep_fp8(model, linears, parts)}
-        log.info("%s: %d block linears kept in fp8", src.where, len(kept))
-
-    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
-        if t.dtype in FP8_DTYPES and name not in kept:
-            return dequantize(t, parts.scale_of(name))
-        return t
-
-    load_into(model, parts.params, what=src.what, convert=convert if src.format.fp8 else None, device=device)
-    return model.eval()
+    """The DiT at ``path`` (a diffusers ``transformer/`` or pipeline folder, a native folder or
+    ``dit.safetensors``, or a single Wan-named file), weights in ``dtype`` (fp32 islands kept) on ``device``.
+    ``fp8``: "dequantize" or "keep" (block linears stored fp8 stay fp8, as
+    :class:`~chronoedit.checkpoint.fp8.FP8Linear`). ``config`` replaces the checkpoint's."""
+    return load(inspect_dit(path, config), dtype=dtype, device=device, fp8=fp8)
 
 
-__all__ = ["DIT_NAMINGS", "WAN_TO_OURS", "DiTSource", "config_from_shapes", "inspect_dit", "load_dit"]
+__all__ = ["DIT_NAMINGS", "WAN_TO_OURS", "config_from_shapes", "inspect_dit", "load_dit", "read_single_dit"]

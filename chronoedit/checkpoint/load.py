@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from chronoedit.checkpoint.errors import CheckpointError, name_some
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor, scratch_buffer
+from chronoedit.models.precision import cast_params, keep_fp32_of
 
 # A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
 TensorLike = TensorInfo | Tensor
@@ -71,9 +72,10 @@ def shape_of(t: TensorLike) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def check_keys(model: nn.Module, tensors: Mapping[str, TensorLike], what: str) -> None:
-    """One CheckpointError naming every missing, unexpected and misshaped key (nothing is read)."""
-    expected = model.state_dict(keep_vars=True)
+def check_keys(model: nn.Module | Mapping[str, Any], tensors: Mapping[str, TensorLike], what: str) -> None:
+    """One CheckpointError naming every missing, unexpected and misshaped key (nothing is read). ``model``: a
+    module (its state dict is expected) or a mapping of the expected names to tensors / anything with a shape."""
+    expected = model.state_dict(keep_vars=True) if isinstance(model, nn.Module) else model
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
     misshaped = [
@@ -134,25 +136,13 @@ def build_and_load(
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
     what: str = "checkpoint",
+    convert: Callable[[str, Tensor], Tensor] | None = None,
 ) -> nn.Module:
     """``cls(cfg)`` built on ``meta``, cast to ``dtype`` but for its fp32 islands (``cls.keep_fp32``), filled
-    strictly from ``tensors`` (our names) one tensor at a time on ``device``; in eval mode."""
+    strictly from ``tensors`` (our names) one tensor at a time on ``device``; in eval mode. ``convert(name, t)``
+    transforms each tensor after reading (e.g. fp8 × scale)."""
     with torch.device("meta"):
         model = cls(cfg)
-    cast_params(model, dtype, getattr(cls, "keep_fp32", None))
-    load_into(model, tensors, what=what, device=device)
+    cast_params(model, dtype, keep_fp32_of(cls))
+    load_into(model, tensors, what=what, device=device, convert=convert)
     return model.eval()
-
-
-def cast_params(model: nn.Module, dtype: torch.dtype, keep_fp32: Callable[[str], bool] | None = None) -> nn.Module:
-    """Cast floating parameters and buffers to ``dtype`` except the fp32 islands (``keep_fp32(name)``).
-
-    Works on ``meta`` models too (cheap), so that :func:`load_into` then casts each tensor as it is read.
-    """
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if not p.is_floating_point():
-            continue
-        target = torch.float32 if (keep_fp32 is not None and keep_fp32(name)) else dtype
-        if p.dtype != target:
-            p.data = p.data.to(target)
-    return model

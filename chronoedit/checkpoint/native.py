@@ -27,48 +27,20 @@ import yaml
 from torch import nn
 
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.load import (
-    TensorLike,
-    build_and_load,
-    check_keys,
-    materialize,
-    open_safetensors,
-)
+from chronoedit.checkpoint.load import TensorLike, check_keys, materialize, open_safetensors
+from chronoedit.checkpoint.registry import NAMES as COMPONENTS
+from chronoedit.checkpoint.registry import NATIVE_INDEX as INDEX
+from chronoedit.checkpoint.registry import Source, component, load
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile
 from chronoedit.checkpoint.writer import pending, write_safetensors
 
 FORMAT = "chronoedit-native"
 VERSION = 1
-INDEX = "chronoedit.yaml"
 CONFIG_METADATA_KEY = "chronoedit_config"
 COMPONENT_METADATA_KEY = "chronoedit_component"
-COMPONENTS = ("dit", "vae", "text_encoder", "image_encoder")
 FOLDERS = ("tokenizer", "image_processor", "scheduler")
-
-
-def component_classes(name: str) -> tuple[type, type[nn.Module]]:
-    """(config dataclass, model class) of a component; imported on demand."""
-    if name == "dit":
-        from chronoedit.models.dit import ChronoEditDiT, DiTConfig
-
-        return DiTConfig, ChronoEditDiT
-    if name == "vae":
-        from chronoedit.models.vae import VAEConfig, WanVAE
-
-        return VAEConfig, WanVAE
-    if name == "text_encoder":
-        from chronoedit.models.text import UMT5Config, UMT5Encoder
-
-        return UMT5Config, UMT5Encoder
-    if name == "image_encoder":
-        from chronoedit.models.clip import CLIPVisionConfig, CLIPVisionTower
-
-        return CLIPVisionConfig, CLIPVisionTower
-    raise ValueError(f"unknown component {name!r}; known: {COMPONENTS}")
-
-
-def keep_fp32_of(name: str) -> Callable[[str], bool] | None:
-    return getattr(component_classes(name)[1], "keep_fp32", None)
+# How-to-run fields that configs of earlier versions carried; they are runtime.* settings now, so skipped here.
+RUNTIME_FIELDS = frozenset({"attn_backend", "tile", "tile_size", "tile_overlap", "strip_rows"})
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -86,6 +58,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def config_from_dict(cls: type, values: Mapping[str, Any], where: str) -> Any:
     """``cls(**values)``; unknown or invalid fields are a CheckpointError naming ``where``."""
     names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in values.items() if k not in RUNTIME_FIELDS}
     unknown = sorted(set(values) - names)
     if unknown:
         raise CheckpointError(f"{where}: unknown {cls.__name__} fields {unknown}")
@@ -105,7 +78,9 @@ def file_config(path: str | os.PathLike) -> tuple[str, Any] | None:
         values = json.loads(meta[CONFIG_METADATA_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt {CONFIG_METADATA_KEY} metadata ({e})") from e
-    return name, config_from_dict(component_classes(name)[0], values, str(path))
+    if name not in COMPONENTS:
+        raise CheckpointError(f"{path}: unknown component {name!r} in its metadata")
+    return name, config_from_dict(component(name).config_cls, values, str(path))
 
 
 @dataclass
@@ -154,7 +129,7 @@ def load_native_config(folder: str | os.PathLike) -> NativeCheckpoint:
     )
     missing = []
     for name, entry in (doc.get("components") or {}).items():
-        cls, _ = component_classes(name)
+        cls = component(name).config_cls
         out.configs[name] = config_from_dict(cls, entry.get("config") or {}, f"{index} [{name}]")
         out.files[name] = entry["file"]
         if not (root / entry["file"]).is_file():
@@ -201,13 +176,13 @@ def write_component(
     their ``fp8_scales`` entry, if any) to ``dtype`` (fp32 when None or for an island)."""
     from chronoedit.checkpoint.fp8 import FP8_DTYPES
 
-    cls_cfg, cls = component_classes(name)
-    if not isinstance(cfg, cls_cfg):
-        raise TypeError(f"{name}: config is {type(cfg).__name__}, expected {cls_cfg.__name__}")
+    comp = component(name)
+    if not isinstance(cfg, comp.config_cls):
+        raise TypeError(f"{name}: config is {type(cfg).__name__}, expected {comp.config_cls.__name__}")
     with torch.device("meta"):
-        model = cls(cfg)
+        model = comp.model_cls(cfg)
     check_keys(model, tensors, f"{name} ({path})")
-    keep = keep_fp32_of(name)
+    keep = comp.keep_fp32
     scales = fp8_scales or {}
     entries = {}
     for key in model.state_dict():  # the model's order
@@ -247,7 +222,7 @@ def save_native(
         cfg, tensors = (item.cfg, item.state_dict()) if isinstance(item, nn.Module) else item
         scales = (fp8_scales or {}).get(name)
         write_component(name, cfg, tensors, root / f"{name}.safetensors", dtype=dtype, fp8_scales=scales)
-        entries[name] = {"file": f"{name}.safetensors", "class": component_classes(name)[1].__name__}
+        entries[name] = {"file": f"{name}.safetensors", "class": component(name).model_cls.__name__}
         entries[name]["config"] = config_to_dict(cfg)
     doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "source": source}
     doc["dtype"] = None if dtype is None else str(dtype).removeprefix("torch.")
@@ -270,16 +245,8 @@ def save_native(
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_component(
-    path: str | os.PathLike,
-    name: str | None = None,
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    device: torch.device | str = "cpu",
-    config: Any = None,
-) -> nn.Module:
-    """A component from a native folder (``name`` required) or a native ``.safetensors`` file, strictly and
-    leanly: built on ``meta``, cast to ``dtype`` with its fp32 islands kept, filled tensor by tensor."""
+def native_source(path: str | os.PathLike, name: str, config: Any = None) -> Source:
+    """Component ``name`` of a native folder or file (headers only); ``config`` replaces the stored one."""
     path = Path(path)
     if path.is_dir():
         native = load_native_config(path)
@@ -289,12 +256,28 @@ def load_component(
     found = file_config(path)
     if found is None and config is None:
         raise CheckpointError(f"{path}: not a native component file (no {CONFIG_METADATA_KEY} metadata)")
-    if found is not None and name is not None and found[0] != name:
+    if found is not None and found[0] != name:
         raise CheckpointError(f"{path}: holds the {found[0]}, not the {name}")
-    name = name or found[0]
     cfg = config if config is not None else found[1]
-    _, cls = component_classes(name)
-    return build_and_load(cls, cfg, open_safetensors(path), dtype=dtype, device=device, what=f"{path} ({name})")
+    return Source(name, path, cfg, open_safetensors(path), describe="native")
+
+
+def load_component(
+    path: str | os.PathLike,
+    name: str | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    config: Any = None,
+) -> nn.Module:
+    """A component from a native folder (``name`` required) or a native ``.safetensors`` file (its metadata
+    names it), strictly and leanly."""
+    if name is None:
+        found = file_config(path)
+        if found is None:
+            raise CheckpointError(f"{path}: not a native component file (no {CONFIG_METADATA_KEY} metadata)")
+        name = found[0]
+    return load(native_source(path, name, config), dtype=dtype, device=device)
 
 
 __all__ = [
@@ -303,12 +286,12 @@ __all__ = [
     "INDEX",
     "NativeCheckpoint",
     "check_output_folder",
-    "component_classes",
     "config_from_dict",
     "config_to_dict",
     "file_config",
     "load_component",
     "load_native_config",
+    "native_source",
     "save_native",
     "write_component",
 ]

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chronoedit.checkpoint.diffusers_layout import FOLDERS
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.native import COMPONENTS, INDEX, NativeCheckpoint, load_native_config
+from chronoedit.checkpoint.registry import COMPONENTS as REGISTRY
 from chronoedit.checkpoint.scheduler import sampler_defaults
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,6 @@ IGNORE = [
     "*.h5",
     "*.onnx*",
 ]
-NEEDS = {  # per component, the extra folders that come with it
-    "dit": (),
-    "vae": (),
-    "text_encoder": ("tokenizer",),
-    "image_encoder": ("image_processor",),
-}
 
 
 @dataclass
@@ -97,11 +91,11 @@ def _diffusers_info(root: Path, source: str, wanted: Sequence[str]) -> Checkpoin
     info = CheckpointInfo("diffusers", root, source)
     missing = []
     for name in wanted:
-        folder = root / FOLDERS[name]
-        if FOLDERS[name] not in index or not (folder / "config.json").is_file():
-            missing.append(f"{FOLDERS[name]}/")
+        folder = root / REGISTRY[name].folder
+        if REGISTRY[name].folder not in index or not (folder / "config.json").is_file():
+            missing.append(f"{REGISTRY[name].folder}/")
         info.components[name] = folder
-    for extra in [*(e for n in wanted for e in NEEDS[n]), "scheduler"]:
+    for extra in [*(e for n in wanted for e in REGISTRY[n].needs), "scheduler"]:
         if (root / extra).is_dir():
             info.folders[extra] = root / extra
         elif extra in index:
@@ -117,7 +111,7 @@ def _diffusers_info(root: Path, source: str, wanted: Sequence[str]) -> Checkpoin
 def _native_info(root: Path, source: str, wanted: Sequence[str]) -> CheckpointInfo:
     native = load_native_config(root)
     absent = [n for n in wanted if n not in native.files]
-    absent += [e for n in wanted for e in NEEDS[n] if e not in native.folders]
+    absent += [e for n in wanted for e in REGISTRY[n].needs if e not in native.folders]
     if absent:
         raise CheckpointError(f"{root}: missing components of the native checkpoint: {', '.join(absent)}")
     info = CheckpointInfo("native", root, source, native=native)
@@ -159,10 +153,10 @@ def resolve_checkpoint(
         hub = dict(cache_dir=cache_dir, revision=revision, local_files_only=local_files_only)
         path = _download(str(source), [MODEL_INDEX, INDEX], **hub)
         if (path / MODEL_INDEX).is_file():
-            patterns = [f"{FOLDERS[c]}/*" for c in components]
+            patterns = [f"{REGISTRY[c].folder}/*" for c in components]
         else:
             patterns = [INDEX, *(f"{c}.safetensors" for c in components)]
-        patterns += [f"{e}/*" for c in components for e in NEEDS[c]] + ["scheduler/*"]
+        patterns += [f"{e}/*" for c in components for e in REGISTRY[c].needs] + ["scheduler/*"]
         patterns += ["lora/*.safetensors"] if loras else []
         path = _download(str(source), patterns, **hub)
         log.info("%s: resolved to %s", source, path)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from chronoedit.checkpoint.load import TensorLike, materialize
 from chronoedit.checkpoint.safetensors_io import DTYPES
+from chronoedit.files import atomic_path, check_free_space, write_text
 
 _NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -59,8 +60,8 @@ def write_safetensors(tensors: Mapping[str, Pending], path: str | os.PathLike, m
         offset += p.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)  # data section 8-byte aligned
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    check_free_space(path, 8 + len(raw) + offset)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for name, p in tensors.items():
@@ -70,7 +71,6 @@ def write_safetensors(tensors: Mapping[str, Pending], path: str | os.PathLike, m
             if x.numel():
                 f.write(memoryview(x.view(-1).view(torch.uint8).numpy()))
             del x
-    os.replace(tmp, path)
     return path
 
 
@@ -99,7 +99,7 @@ def write_sharded(
         weight_map.update({k: fname for k in shard})
     total = sum(p.nbytes for p in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_text(folder / f"{stem}.safetensors.index.json", json.dumps(index, indent=2))
     return files
 
 

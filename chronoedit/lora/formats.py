@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from chronoedit.checkpoint.errors import CheckpointError, name_some
@@ -119,6 +118,7 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
     """(tensors, safetensors metadata) of a LoRA file: ``.safetensors``, or a pickle read with
     ``torch.load(weights_only=True)`` (anything but tensors in it is refused)."""
     from chronoedit.checkpoint.load import materialize, open_safetensors
+    from chronoedit.checkpoint.pickle_io import load_pickled_tensors
     from chronoedit.checkpoint.safetensors_io import SafetensorsFile
 
     path = Path(path)
@@ -127,15 +127,7 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str
     if path.suffix == ".safetensors":
         infos = open_safetensors(path)
         return {k: materialize(v) for k, v in infos.items()}, SafetensorsFile(path).metadata
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (not a zip / pickle), EOFError on truncation
-        raise CheckpointError(f"{path}: not a loadable LoRA file (torch.load with weights_only=True: {e})") from e
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a mapping of names to tensors, got {type(state).__name__}")
-    return dict(state), {}
+    return load_pickled_tensors(path), {}
 
 
 def _peft_config(metadata: Mapping[str, str] | None, where: str) -> dict:

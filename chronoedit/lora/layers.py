@@ -58,6 +58,13 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def init_lora_a(rank: int, in_features: int, dtype: torch.dtype, generator: torch.Generator | None = None) -> Tensor:
+    """A new adapter's down projection (rank, in): uniform(±1/√in), the kaiming_uniform(a=√5) bound PEFT uses;
+    the up projection starts at zero."""
+    bound = 1 / math.sqrt(in_features)
+    return torch.empty(rank, in_features, dtype=dtype).uniform_(-bound, bound, generator=generator)
+
+
 def add_adapter(
     model: nn.Module,
     targets: Iterable[str] | Mapping[str, LoRAWeights],
@@ -101,10 +108,7 @@ def add_adapter(
         dev = mod.weight.device
         pdtype = dtype or (torch.float32 if mod.weight.dtype in (torch.float16, torch.bfloat16) else mod.weight.dtype)
         if w is None:
-            a = torch.empty(rank, mod.in_features, device=dev, dtype=pdtype)
-            bound = 1 / math.sqrt(mod.in_features)  # kaiming_uniform(a=√5) bound, as PEFT initialises lora_A
-            a.uniform_(-bound, bound, generator=generator)
-            mod.lora_A[name] = nn.Parameter(a)
+            mod.lora_A[name] = nn.Parameter(init_lora_a(rank, mod.in_features, pdtype, generator).to(dev))
             mod.lora_B[name] = nn.Parameter(torch.zeros(mod.out_features, rank, device=dev, dtype=pdtype))
             mod.lora_scale[name] = strength * (1.0 if alpha is None else alpha / rank)
         else:

@@ -2,7 +2,8 @@
 
 Every backend takes ``q (B, Lq, H, D)``, ``k, v (B, Lk, H, D)`` and returns ``(B, Lq, H, D)``:
 no mask, no dropout, softmax scale ``1/sqrt(D)`` (the DiT attends to zero-padded text without a mask,
-as the weights were trained). Add a backend by registering a function in ``ATTENTION_BACKENDS``.
+as the weights were trained). Add a kernel by adding a function to ``ATTENTION_BACKENDS`` here (then
+``runtime.attention=<name>``); :func:`chronoedit.parallelize.apply_attention` installs one in a built model.
 """
 
 from __future__ import annotations
@@ -51,7 +52,3 @@ def get_attention(name: str) -> AttentionFn:
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; known: {sorted(ATTENTION_BACKENDS)}")
     return ATTENTION_BACKENDS[name]
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa") -> Tensor:
-    return get_attention(backend)(q, k, v)

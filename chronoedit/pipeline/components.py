@@ -1,11 +1,20 @@
-"""The loaded models of an edit, and where they come from (a checkpoint, or the built-in tiny demo)."""
+"""The loaded models of an edit, and where they come from: a checkpoint, or seeded random weights of a
+:class:`~chronoedit.models.spec.ModelSpec` (the tiny demo, or any architecture for timing and debugging)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from chronoedit.checkpoint.architecture import NO_CHECKPOINT, resolve_init
+from chronoedit.models.spec import MODEL_PRESETS, ModelSpec
 
 if TYPE_CHECKING:
     from chronoedit.models.clip import CLIPVisionTower, ImagePreprocessor
@@ -14,7 +23,8 @@ if TYPE_CHECKING:
     from chronoedit.models.vae import WanVAE
     from chronoedit.sampling import SamplerConfig
 
-TINY = "tiny"  # the built-in demo checkpoint name
+TINY = NO_CHECKPOINT  # the built-in demo: random weights of the `model` config (the tiny preset by default)
+RANDOM_SAMPLER = {"steps": 8, "shift": 5.0}  # sampler defaults of a model without a scheduler config
 
 
 @dataclass
@@ -29,73 +39,95 @@ class Components:
     source: str = ""  # where it was loaded from, for logs
     random_weights: bool = False  # True for the tiny demo: its output is noise-like by construction
     extras: dict = field(default_factory=dict)  # e.g. the path of a LoRA shipped with the checkpoint
+    spec: ModelSpec | None = None  # the architecture that was built
+
+
+def builtin_tokenizer() -> Tokenizer:
+    """The small sentencepiece tokenizer shipped in ``chronoedit/assets/tiny_tokenizer`` (1024 pieces)."""
+    from chronoedit.models.text import Tokenizer
+
+    return Tokenizer.from_folder(str(files("chronoedit") / "assets" / "tiny_tokenizer"))
 
 
 @torch.no_grad()
-def tiny_components(seed: int = 0) -> Components:
-    """The tiny demo model: every component at its tiny preset with seeded random weights, and the small
-    sentencepiece tokenizer shipped in ``chronoedit/assets/tiny_tokenizer``. Runs on a CPU in seconds."""
-    from importlib.resources import files
-
-    from chronoedit.models.clip import CLIP_PRESETS, CLIPVisionTower, ImagePreprocessor
-    from chronoedit.models.dit import DIT_PRESETS, ChronoEditDiT
-    from chronoedit.models.text import UMT5_PRESETS, Tokenizer, UMT5Encoder
-    from chronoedit.models.vae import VAE_PRESETS, WanVAE
+def random_components(spec: ModelSpec | None = None, seed: int = 0) -> Components:
+    """Every component of ``spec`` (default: the tiny preset) with seeded random weights, and the built-in
+    tokenizer. The tiny demo runs on a CPU in seconds."""
+    from chronoedit.models.clip import CLIPVisionTower, ImagePreprocessor
+    from chronoedit.models.dit import ChronoEditDiT
+    from chronoedit.models.text import UMT5Encoder
+    from chronoedit.models.vae import WanVAE
     from chronoedit.sampling import SamplerConfig
 
+    spec = spec or MODEL_PRESETS["tiny"]
+    tokenizer = builtin_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_cfg = UMT5_PRESETS["tiny"]
-        clip_cfg = CLIP_PRESETS["tiny"]
-        dit_cfg = DIT_PRESETS["tiny"].replace(text_dim=text_cfg.dim, image_dim=clip_cfg.dim)
-        dit = ChronoEditDiT(dit_cfg).init_weights(torch.Generator().manual_seed(seed))
-        vae = WanVAE(VAE_PRESETS["tiny"])
-        text_encoder = UMT5Encoder(text_cfg)
-        image_encoder = CLIPVisionTower(clip_cfg)
-    tok_dir = files("chronoedit") / "assets" / "tiny_tokenizer"
+        dit = ChronoEditDiT(spec.dit).init_weights(torch.Generator().manual_seed(seed))
+        vae = WanVAE(spec.vae)
+        text_encoder = UMT5Encoder(spec.text_encoder)
+        image_encoder = CLIPVisionTower(spec.image_encoder)
+    size = spec.image_encoder.image_size
     return Components(
         dit=dit.eval(),
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
-        tokenizer=Tokenizer.from_folder(str(tok_dir)),
+        tokenizer=tokenizer,
         image_encoder=image_encoder.eval(),
-        image_processor=ImagePreprocessor(
-            size={"shortest_edge": clip_cfg.image_size},
-            crop_size={"height": clip_cfg.image_size, "width": clip_cfg.image_size},
-        ),
-        default_sampler=SamplerConfig(steps=8, shift=5.0),
-        source="built-in tiny demo model (random weights)",
+        image_processor=ImagePreprocessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        default_sampler=SamplerConfig(**RANDOM_SAMPLER),
+        source="built-in tiny demo model (random weights)" if spec == MODEL_PRESETS["tiny"] else "random weights",
         random_weights=True,
+        spec=spec,
     )
 
 
+def save_image_processor(components: Components, folder: Path) -> Path:
+    """``folder/image_processor/preprocessor_config.json`` of ``components`` (for a checkpoint that ships it)."""
+    out = folder / "image_processor"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preprocessor_config.json").write_text(json.dumps(dataclasses.asdict(components.image_processor), indent=2))
+    return out
+
+
+def tiny_components(seed: int = 0) -> Components:
+    """The tiny demo model: :func:`random_components` of the tiny preset."""
+    return random_components(MODEL_PRESETS["tiny"], seed)
+
+
 def load_components(
-    checkpoint: str, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    checkpoint: str,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    model: ModelSpec | None = None,
+    init: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
 ) -> Components:
-    """Every component of ``checkpoint``: ``"tiny"``, a diffusers-layout or native folder, or an ``org/name``
-    Hub id (downloaded through the Hub cache, only the files needed). The DiT, UMT5 and the VAE load in
-    ``dtype`` (fp32 islands kept), the CLIP tower in fp32, each directly onto ``device``."""
-    if checkpoint == TINY:
-        return tiny_components()
-    from chronoedit.checkpoint.dit import load_dit
-    from chronoedit.checkpoint.encoders import load_image_encoder, load_text_encoder
-    from chronoedit.checkpoint.resolve import resolve_checkpoint
-    from chronoedit.checkpoint.vae import load_vae
+    """Every component of an edit. ``init`` (see :mod:`chronoedit.checkpoint.architecture`): ``random`` builds
+    ``model`` with weights from ``seed``; ``checkpoint`` loads ``checkpoint`` (a diffusers-layout or native folder,
+    or an ``org/name`` Hub id) with the ``model.*`` ``overrides`` applied, strictly; ``auto`` picks. The DiT,
+    UMT5 and the VAE load in ``dtype`` (fp32 islands kept), the CLIP tower in fp32, each directly on ``device``."""
+    if resolve_init(checkpoint, init) == "random":
+        return random_components(model, seed)
+    from chronoedit.checkpoint.architecture import open_model
+    from chronoedit.checkpoint.registry import load
     from chronoedit.models.clip import ImagePreprocessor
     from chronoedit.models.text import Tokenizer
     from chronoedit.sampling import SamplerConfig
 
-    info = resolve_checkpoint(checkpoint)
+    sources, info = open_model(checkpoint, overrides)  # every override checked before any weight is read
+    dtypes = {"image_encoder": torch.float32}
+    models = {name: load(src, dtype=dtypes.get(name, dtype), device=device) for name, src in sources.items()}
     defaults = info.sampler()
     distill = [p for p in info.loras if "distill" in p.name]
     return Components(
-        dit=load_dit(info.dit, dtype=dtype, device=device),
-        vae=load_vae(info.vae, dtype=dtype, device=device),
-        text_encoder=load_text_encoder(info.text_encoder, dtype=dtype, device=device),
+        **models,
         tokenizer=Tokenizer.from_folder(info.tokenizer),
-        image_encoder=load_image_encoder(info.image_encoder, dtype=torch.float32, device=device),
         image_processor=ImagePreprocessor.from_folder(info.image_processor),
         default_sampler=SamplerConfig(**defaults) if defaults else None,
         source=f"{checkpoint} ({info.kind} layout at {info.root})",
         extras={"distill_lora": str(distill[0])} if distill else {},
+        spec=ModelSpec(**{name: src.config for name, src in sources.items()}),
     )

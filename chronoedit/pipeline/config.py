@@ -1,10 +1,15 @@
-"""Typed configuration of an edit job, mirrored one-to-one by ``configs/edit.yaml`` (and ``configs/sampler/``)."""
+"""Typed configuration of an edit job, mirrored by ``configs/edit.yaml`` (which states only what differs from
+these defaults) and the groups ``configs/model/``, ``configs/sampler/``. The edit's own settings take their
+defaults from :class:`~chronoedit.pipeline.pipeline.EditRequest`, so the two cannot disagree."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
-from chronoedit.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT
+from chronoedit.models.spec import MODEL_PRESETS, ModelSpec
+from chronoedit.pipeline.pipeline import EditRequest
+from chronoedit.runtime import RuntimeConfig
 from chronoedit.sampling import SamplerConfig
 
 DEFAULT_PROMPT = "Add a red hot-air balloon floating in the sky above the house"
@@ -21,29 +26,29 @@ class LoraSpec:
 class ReasoningConfig:
     # k: the first k steps denoise num_frames frames (the reasoning video), then only the input and the edit
     # are kept. 0 = plain 5-frame editing; k >= sampler.steps = never drop (the whole video is decoded).
-    steps: int = 0
+    steps: int = EditRequest.reasoning_steps
 
 
 @dataclass
 class EditConfig:
-    checkpoint: str = "tiny"  # "tiny" (built-in random demo), a diffusers-layout or native folder, or a Hub id
+    checkpoint: str = "tiny"  # "tiny" (no weights: random ones), a diffusers-layout or native folder, or a Hub id
+    # the architecture (group configs/model/); with a checkpoint, the fields given explicitly replace its own
+    model: ModelSpec = field(default_factory=lambda: copy.deepcopy(MODEL_PRESETS["tiny"]))
+    init: str = "auto"  # auto | random | checkpoint (auto: random for checkpoint=tiny, else the checkpoint's)
+    init_seed: int = 0  # weights of init=random
     image: str | None = None  # None: the example image shipped in chronoedit/assets
     prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    seed: int = 42
-    guidance_scale: float = 5.0  # CFG when > 1 (1.0 with the distillation LoRA)
-    num_frames: int = 29  # video frames while reasoning (4k+1); plain editing always uses 5
+    negative_prompt: str = EditRequest.negative_prompt
+    seed: int = EditRequest.seed
+    guidance_scale: float = EditRequest.guidance_scale  # CFG when > 1 (1.0 with the distillation LoRA)
+    num_frames: int = EditRequest.num_frames  # video frames while reasoning (4k+1); plain editing always uses 5
     height: int | None = None  # both or neither, multiples of 16; default: from max_area
     width: int | None = None
     max_area: int | None = None  # None: the checkpoint's default (720×1280; small for the tiny demo)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
     lora: list[LoraSpec] = field(default_factory=list)
-    device: str = "auto"  # auto = cuda if available, else cpu
-    dtype: str = "auto"  # DiT/UMT5/VAE dtype: auto = bfloat16 on cuda, float32 on cpu; or float32/bfloat16/float16
-    offload: bool = False  # keep models on the CPU, move each to the device only for its stage
-    cfg_batched: bool = False  # conditional + unconditional DiT passes as one doubled batch
-    vae_tiling: bool = False  # encode/decode in overlapping spatial tiles (bounded memory at high resolution)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     batch: str | None = None  # a JSONL file of {"image", "prompt", "seed"?, "negative_prompt"?} rows
     output_dir: str | None = None  # None: Hydra's run directory (outputs/<date>/<time>, or the multirun job's)
     overwrite: bool = False  # allow writing into a non-empty output_dir

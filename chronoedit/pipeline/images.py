@@ -10,6 +10,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from chronoedit.files import atomic_dir, atomic_path
+
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image as 8-bit RGB. RGBA is composited on white, grayscale expanded, 16-bit scaled to 8."""
@@ -59,25 +61,48 @@ def unit_to_images(frames: Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
+def save_png(im: Image.Image, path: str | os.PathLike) -> Path:
+    """A PNG, written atomically (never half a file under ``path``)."""
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_frames(frames: list[Image.Image], folder: str | os.PathLike) -> Path:
+    """``folder/0000.png …``, the folder put in place only once every frame is written (an old one replaced)."""
+    with atomic_dir(folder) as tmp:
+        for n, frame in enumerate(frames):
+            frame.save(tmp / f"{n:04d}.png", format="PNG")
+    return Path(folder)
+
+
 def save_webp(frames: list[Image.Image], path: str | os.PathLike, fps: int = 16) -> Path:
-    """Animated WebP (lossless), always available through Pillow."""
+    """Animated WebP (lossless), always available through Pillow; written atomically."""
     path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, lossless=True)
+    with atomic_path(path) as tmp:
+        frames[0].save(
+            tmp, format="WEBP", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
+            lossless=True,
+        )  # fmt: skip
     return path
 
 
 def save_mp4(frames: list[Image.Image], path: str | os.PathLike, fps: int = 16) -> Path | None:
-    """MP4 (H.264) through the optional imageio-ffmpeg binding; None when it is not installed."""
+    """MP4 (H.264) through the optional imageio-ffmpeg binding, written atomically; None when it is not
+    installed."""
     try:
         import imageio.v2 as imageio  # optional extra "video"
     except ImportError:
         return None
     path = Path(path)
     try:
-        with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+        # ffmpeg picks the container from the extension: the temporary name keeps it (video.tmp.mp4)
+        with (
+            atomic_path(path, keep_suffix=True) as tmp,
+            imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer,
+        ):
             for f in frames:
                 writer.append_data(np.asarray(f))
     except (ImportError, RuntimeError, OSError):  # no ffmpeg binary behind imageio
-        path.unlink(missing_ok=True)
         return None
     return path

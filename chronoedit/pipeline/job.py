@@ -9,24 +9,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
+from chronoedit.checkpoint.architecture import resolve_init
 from chronoedit.checkpoint.safetensors_io import save_file
+from chronoedit.files import claim_output_dir, read_jsonl, write_text
 from chronoedit.pipeline.components import TINY, Components, load_components
 from chronoedit.pipeline.config import EditConfig
-from chronoedit.pipeline.images import load_image, save_mp4, save_webp
+from chronoedit.pipeline.images import load_image, save_frames, save_mp4, save_png, save_webp
 from chronoedit.pipeline.pipeline import EditPipeline, EditRequest, EditResult
 from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA
+from chronoedit.runtime import resolve_device, resolve_dtype
 
 log = logging.getLogger("chronoedit")
 
 TINY_MAX_AREA = 256 * 384  # the demo model's default output area: an edit in seconds on a CPU
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -44,13 +48,7 @@ def _read_batch(path: str) -> list[dict]:
     if not p.is_file():
         raise ValueError(f"batch file not found: {p}")
     rows = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{n}: not a JSON object ({e.msg})") from e
+    for n, row in read_jsonl(p):  # a line that is not JSON: "<file>:<line>:<column>: invalid JSON (…)"
         if not isinstance(row, dict) or "image" not in row or "prompt" not in row:
             raise ValueError(f"{p}:{n}: each row needs 'image' and 'prompt' (optional 'seed', 'negative_prompt')")
         unknown = set(row) - {"image", "prompt", "seed", "negative_prompt"}
@@ -90,27 +88,10 @@ def plan_jobs(cfg: EditConfig) -> list[Job]:
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output_dir {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"output_dir {out} exists and is not empty (pass overwrite=true to write into it)")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but CUDA is not available")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
-    return DTYPES[name]
+    """The output folder can be written (not a file, not under one, writable), this process holds its lock (a
+    second edit into the same folder is refused until this process exits), and it is empty unless ``overwrite``.
+    An :class:`~chronoedit.files.OutputError` (a ValueError) otherwise."""
+    claim_output_dir(out, overwrite=overwrite, what="output_dir")
 
 
 def check_inputs(cfg: EditConfig, out: Path) -> tuple[list[Job], torch.device, torch.dtype]:
@@ -121,9 +102,11 @@ def check_inputs(cfg: EditConfig, out: Path) -> tuple[list[Job], torch.device, t
             raise ValueError(f"LoRA file not found: {spec.path}")
     if cfg.checkpoint != TINY and not (Path(cfg.checkpoint).exists() or cfg.checkpoint.count("/") == 1):
         raise ValueError(f"checkpoint {cfg.checkpoint!r} is neither 'tiny', an existing folder nor a Hub repo id")
-    check_output_dir(out, cfg.overwrite)
-    device = resolve_device(cfg.device)
-    return jobs, device, resolve_dtype(cfg.dtype, device)
+    resolve_init(cfg.checkpoint, cfg.init)
+    device = resolve_device(cfg.runtime.device)
+    dtype = resolve_dtype(cfg.runtime.dtype, device)
+    check_output_dir(out, cfg.overwrite)  # last: it creates (and locks) the folder
+    return jobs, device, dtype
 
 
 def apply_loras(components: Components, cfg: EditConfig) -> list[str]:
@@ -150,13 +133,13 @@ def apply_loras(components: Components, cfg: EditConfig) -> list[str]:
 
 
 def write_outputs(result: EditResult, folder: Path, cfg: EditConfig, request: EditRequest) -> dict:
+    """Every output of one edit, each written atomically (a temporary name, then renamed): a file under its
+    final name is always whole. ``summary.json`` comes last."""
     folder.mkdir(parents=True, exist_ok=True)
-    result.image.save(folder / "edit.png")
+    save_png(result.image, folder / "edit.png")
     written = ["edit.png"]
     if cfg.save_frames:
-        (folder / "frames").mkdir(exist_ok=True)
-        for n, frame in enumerate(result.frames):
-            frame.save(folder / "frames" / f"{n:04d}.png")
+        save_frames(result.frames, folder / "frames")
         written.append(f"frames/ ({len(result.frames)})")
     if cfg.save_latents:
         save_file({"latents": result.latents}, folder / "latents.safetensors")
@@ -178,27 +161,50 @@ def write_outputs(result: EditResult, folder: Path, cfg: EditConfig, request: Ed
         "total_seconds": sum(s.seconds for s in result.profile.stages),
         "files": written,
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(folder / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def run(cfg: EditConfig, out: Path) -> dict:
-    """Run the job; returns a summary (also written as summary.json)."""
-    jobs, device, dtype = check_inputs(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
-    components = load_components(cfg.checkpoint, dtype=dtype)
+def build_pipeline(
+    cfg: EditConfig,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    model_overrides: Mapping[str, Any] | None = None,
+) -> EditPipeline:
+    """The models of ``cfg`` loaded (``model_overrides``: the ``model.*`` fields given explicitly, which replace a
+    checkpoint's own), LoRAs applied, runtime settings installed, wrapped in an :class:`EditPipeline`."""
+    from chronoedit.parallelize import apply_attention, apply_compile
+
+    rt = cfg.runtime
+    device = device or resolve_device(rt.device)
+    dtype = dtype or resolve_dtype(rt.dtype, device)
+    components = load_components(
+        cfg.checkpoint, dtype=dtype, model=cfg.model, init=cfg.init, overrides=model_overrides, seed=cfg.init_seed
+    )
     print(f"checkpoint: {components.source}")
     if components.random_weights:
         print(
-            "NOTE: this is the built-in tiny demo model with RANDOM weights — the edit is noise by construction.\n"
+            "NOTE: RANDOM weights (init=random) — the edit is noise by construction.\n"
             "      Pass checkpoint=<ChronoEdit-14B-Diffusers folder or Hub id> for real edits (see README)."
         )
     for line in apply_loras(components, cfg):
         print(f"LoRA: {line}")
-    if cfg.vae_tiling:
-        components.vae.cfg = components.vae.cfg.replace(tile=True)
-    pipe = EditPipeline(components, device=device, dtype=dtype, offload=cfg.offload, cfg_batched=cfg.cfg_batched)
+    apply_attention(components.dit, rt.attention)
+    apply_attention(components.image_encoder, rt.attention)
+    if rt.compile:
+        apply_compile(components.dit)
+    return EditPipeline(
+        components, device=device, dtype=dtype, offload=rt.offload, cfg_batched=rt.cfg_batched, tiling=rt.vae
+    )
+
+
+def run(cfg: EditConfig, out: Path, model_overrides: Mapping[str, Any] | None = None) -> dict:
+    """Run the job; returns a summary (also written as summary.json). ``model_overrides``: see
+    :func:`build_pipeline`."""
+    jobs, device, dtype = check_inputs(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
+    pipe = build_pipeline(cfg, device, dtype, model_overrides)
     summaries = []
     for job in jobs:
         result = pipe(job.request, cfg.sampler)

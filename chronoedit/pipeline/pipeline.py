@@ -8,7 +8,7 @@ h × w = H/8 × W/8 latent size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,16 +16,25 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from chronoedit.models.precision import cast_model
+from chronoedit.models.vae import VAETiling
 from chronoedit.pipeline.components import Components
 from chronoedit.pipeline.condition import build_condition, check_num_frames, first_frame_video
 from chronoedit.pipeline.images import image_to_tensor, to_rgb, unit_to_images, video_to_unit
 from chronoedit.pipeline.profiling import Profiler
 from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA, resolve_size
-from chronoedit.sampling import SamplerConfig, build_solver, flow_schedule, select_frames
+from chronoedit.sampling import (
+    FrameDrop,
+    SamplerConfig,
+    VelocityFn,
+    build_solver,
+    classifier_free_guidance,
+    classifier_free_guidance_batched,
+    flow_schedule,
+    sample,
+)
 
 PLAIN_FRAMES = 5  # plain editing: the input and the edit, 2 latent frames
-KEEP_FRAMES = (0, -1)  # what survives the reasoning drop: the input frame and the edited frame
-LATENT_CHANNELS = 16
 
 DEFAULT_NEGATIVE_PROMPT = ""  # the release scripts leave it empty ("not recommended")
 
@@ -91,7 +100,7 @@ class EditPipeline:
     ``dtype`` is the storage/compute dtype of the DiT, UMT5 and the VAE (bf16 on GPU, as the release scripts);
     the CLIP tower runs in fp32 (as they do). With ``offload`` every module lives on the CPU and visits
     ``device`` only for its stage. ``cfg_batched`` runs the conditional and unconditional DiT passes as one
-    doubled batch.
+    doubled batch. ``tiling``: how the VAE runs (tiles / strips; default untiled).
     """
 
     def __init__(
@@ -102,17 +111,17 @@ class EditPipeline:
         dtype: torch.dtype = torch.float32,
         offload: bool = False,
         cfg_batched: bool = False,
+        tiling: VAETiling | None = None,
         progress: bool = True,
     ) -> None:
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload, self.cfg_batched, self.progress = offload, cfg_batched, progress
+        self.tiling = tiling
         home = torch.device("cpu") if offload else self.device
         for module, dt in self._modules():
-            module.to(device=home, dtype=None).eval()
-            if dt is not None:
-                _cast_keep_fp32(module, dt)
+            cast_model(module.to(device=home).eval(), dt)
 
     def _modules(self) -> list[tuple[nn.Module, torch.dtype | None]]:
         c = self.c
@@ -158,51 +167,46 @@ class EditPipeline:
         """Condition (1, 20, T, h, w): first-frame mask ++ normalised latents of [image, zeros × (F−1)]."""
         video = first_frame_video(image_to_tensor(image, height, width), num_frames)  # (1, 3, F, H, W)
         with self._on_device(self.c.vae) as vae:
-            latents = vae.encode(video.to(self.device, _dtype_of(vae))).float()
+            latents = vae.encode(video.to(self.device, _dtype_of(vae)), tiling=self.tiling).float()
         return build_condition(latents, num_frames)
 
     @torch.no_grad()
-    def decode(self, latents: Tensor, reasoning: bool) -> Tensor:
+    def decode(self, latents: Tensor, reasoning: bool, keep: Sequence[int] = FrameDrop.keep) -> Tensor:
         """Normalised latents -> video (B, 3, F, H, W) in [−1, 1], as the reference decodes.
 
         With more than 2 latent frames left (reasoning, never dropped): decode(latents[:, :, :−1]) followed by
-        decode(latents[:, :, [0, −1]])[:, :, 1:], so the last 4 frames are the edit as a plain edit decodes it.
+        decode(latents[:, :, keep])[:, :, 1:] (keep = [0, −1]), so the last 4 frames are the edit as a plain
+        edit decodes it.
         """
         with self._on_device(self.c.vae) as vae:
             z = latents.to(self.device, _dtype_of(vae))
-            if reasoning and z.shape[2] > 2:
-                reason = vae.decode(z[:, :, :-1])
-                edit = vae.decode(z[:, :, list(KEEP_FRAMES)])
+            if reasoning and z.shape[2] > len(keep):
+                reason = vae.decode(z[:, :, :-1], tiling=self.tiling)
+                edit = vae.decode(z[:, :, list(keep)], tiling=self.tiling)
                 return torch.cat([reason, edit[:, :, 1:]], dim=2)
-            return vae.decode(z)
+            return vae.decode(z, tiling=self.tiling)
 
-    def velocity_fn(
-        self, condition: Tensor, text: Text, clip: Tensor, scale: float
-    ) -> Callable[[Tensor, Tensor], Tensor]:
-        """The guided velocity v(x, t) for the current frames (``condition`` must match x's frames)."""
-        dit = self.c.dit
+    def velocity(self, condition: Tensor, keep: Sequence[int], text: Text, clip: Tensor, scale: float) -> VelocityFn:
+        """The guided velocity v(x, t) (B, 16, T, h, w): the DiT on [x, condition] with the guidance of
+        :mod:`chronoedit.sampling.guidance` (none at ``scale ≤ 1``). After the reasoning drop x has fewer frames
+        than ``condition``: its frames ``keep`` are used."""
+        dit, kept = self.c.dit, condition[:, :, list(keep)]
 
-        def one(x: Tensor, t: Tensor, ctx: Tensor, lens: Tensor) -> Tensor:
-            inp = torch.cat([x, condition.expand(x.shape[0], -1, -1, -1, -1)], dim=1).to(self.dtype)
-            return dit(inp, t.expand(x.shape[0]), ctx, clip.expand(x.shape[0], -1, -1), lens).float()
+        def model(x: Tensor, t: Tensor, context: Tensor, lens: Tensor) -> Tensor:
+            cond = condition if condition.shape[2] == x.shape[2] else kept
+            b = x.shape[0]
+            inp = torch.cat([x, cond.expand(b, -1, -1, -1, -1)], dim=1).to(self.dtype)
+            return dit(inp, t.expand(b), context, clip.expand(b, -1, -1), lens).float()
 
-        if text.negative is None:
-            return lambda x, t: one(x, t, text.context, text.lens)
+        positive = {"context": text.context, "lens": text.lens}
+        if text.negative is None or scale <= 1.0:
+            return lambda x, t: model(x, t, **positive)
+        negative = {"context": text.negative, "lens": text.negative_lens}
         if self.cfg_batched:
-
-            def batched(x: Tensor, t: Tensor) -> Tensor:
-                both = torch.cat([text.context, text.negative]), torch.cat([text.lens, text.negative_lens])
-                cond, uncond = one(torch.cat([x, x]), t, *both).chunk(2)
-                return uncond + scale * (cond - uncond)
-
-            return batched
-
-        def guided(x: Tensor, t: Tensor) -> Tensor:
-            cond = one(x, t, text.context, text.lens)
-            uncond = one(x, t, text.negative, text.negative_lens)
-            return uncond + scale * (cond - uncond)
-
-        return guided
+            return classifier_free_guidance_batched(model, positive, negative, scale)
+        return classifier_free_guidance(
+            lambda x, t: model(x, t, **positive), lambda x, t: model(x, t, **negative), scale
+        )
 
     # ------------------------------------------------------------------ the edit
     def __call__(
@@ -210,7 +214,6 @@ class EditPipeline:
         request: EditRequest,
         sampler: SamplerConfig | None = None,
         latents: Tensor | None = None,
-        on_step: Callable[[int, Tensor], None] | None = None,
     ) -> EditResult:
         """Edit one image. ``latents`` overrides the seeded initial noise (B, 16, T, h, w)."""
         request.validate()
@@ -222,6 +225,7 @@ class EditPipeline:
         frames, k = request.video_frames, request.reasoning_steps
         t_latent = check_num_frames(frames)
         solver, sched = build_solver(sampler), flow_schedule(sampler.steps, sampler.shift, sampler.num_train_timesteps)
+        drop = FrameDrop(step=k) if k > 0 else None  # k ≥ steps: never dropped
         cfg = request.guidance_scale > 1.0
         prof = Profiler(self.device)
 
@@ -233,27 +237,23 @@ class EditPipeline:
             clip = self.encode_image(image)
         with prof.stage("vae_encode"):
             condition = self.encode_condition(image, height, width, frames).to(self.device)
-        shape = (1, LATENT_CHANNELS, t_latent, height // 8, width // 8)
+        s = self.c.vae.cfg.spatial_factor
+        shape = (1, self.c.vae.cfg.z_dim, t_latent, height // s, width // s)
         if latents is None:  # drawn exactly as diffusers draws it: CPU generator, float32, one randn
             latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(request.seed))
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, this edit needs {shape}")
         x = latents.to(self.device, torch.float32)
 
-        dropped_at = None
+        keep = FrameDrop.keep if drop is None else drop.keep
+        dropped_at = k if drop is not None and k < len(sched) and t_latent > len(keep) else None
+        model = self.velocity(condition, keep, text, clip, request.guidance_scale)
         with prof.stage("denoise"), self._on_device(self.c.dit), torch.no_grad():
-            state = solver.init_state()
-            for i in tqdm(range(len(sched)), desc="denoise", disable=not self.progress, leave=False):
-                if k > 0 and i == k and x.shape[2] > len(KEEP_FRAMES):  # the reasoning drop
-                    x, state = select_frames(x, state, KEEP_FRAMES)
-                    condition = condition[:, :, list(KEEP_FRAMES)]
-                    dropped_at = i
-                model = self.velocity_fn(condition, text, clip, request.guidance_scale)
-                x, state = solver.step(model, x, sched, i, state)
-                if on_step is not None:
-                    on_step(i, x)
+            bar = tqdm(total=len(sched), desc="denoise", disable=not self.progress, leave=False)
+            with bar:
+                x = sample(model, x, sched, solver, drop=drop, before_step=_advance(bar))
         with prof.stage("vae_decode"):
-            video = video_to_unit(self.decode(x, reasoning=k > 0))[0].transpose(0, 1).cpu()  # (F, 3, H, W)
+            video = video_to_unit(self.decode(x, reasoning=k > 0, keep=keep))[0].transpose(0, 1).cpu()  # (F, 3, H, W)
         pil = unit_to_images(video)
         return EditResult(pil[-1], pil, video, x.float().cpu(), height, width, dropped_at, prof)
 
@@ -265,8 +265,11 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _cast_keep_fp32(module: nn.Module, dtype: torch.dtype) -> None:
-    from chronoedit.checkpoint.load import cast_params
+def _advance(bar: tqdm) -> Callable:
+    """A ``before_step`` hook that only moves the progress bar."""
 
-    keep = getattr(module, "keep_fp32", None)
-    cast_params(module, dtype, keep if callable(keep) else None)
+    def hook(i: int, x: Tensor, state):
+        bar.update()
+        return x, state
+
+    return hook

@@ -1,8 +1,8 @@
 """Classifier-free guidance as a closure around the model: the result is again a velocity function.
 
 Both forms combine as diffusers' pipelines do, ``uncond + scale · (cond − uncond)``, so a run is comparable
-with the reference bit for bit. At ``scale == 1`` the unconditional pass is skipped (the combination is the
-conditional velocity anyway), which is also what diffusers does.
+with the reference bit for bit. At ``scale ≤ 1`` there is no unconditional pass: the result is the conditional
+velocity, as the reference pipelines do (``do_classifier_free_guidance = guidance_scale > 1``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _check_scale(scale: float) -> float:
 def classifier_free_guidance(cond_fn: VelocityFn, uncond_fn: VelocityFn, scale: float) -> VelocityFn:
     """Guided velocity from two calls per evaluation: cond first, then uncond (the reference's order)."""
     scale = _check_scale(scale)
-    if scale == 1.0:
+    if scale <= 1.0:
         return cond_fn
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
@@ -50,7 +50,7 @@ def classifier_free_guidance_batched(
     scale = _check_scale(scale)
     if set(cond_kwargs) != set(uncond_kwargs):
         raise ValueError(f"cond and uncond kwargs differ in keys: {sorted(cond_kwargs)} vs {sorted(uncond_kwargs)}")
-    if scale == 1.0:
+    if scale <= 1.0:
         cond_only = dict(cond_kwargs)
         return lambda x, t: model_fn(x, t, **cond_only)
     batched: dict[str, Any] = {}

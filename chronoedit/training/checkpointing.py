@@ -37,9 +37,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
+from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.pickle_io import load_pickle
+from chronoedit.files import OutputError, check_free_space
 from chronoedit.training.config import TrainConfig
-from chronoedit.training.distributed import World, barrier
+from chronoedit.training.distributed import World, all_reduce_sum, barrier, broadcast_object
 
 log = logging.getLogger("chronoedit.training")
 
@@ -53,9 +57,9 @@ RESUMABLE_CHANGES = (
     "run_dir",
     "resume",
     "overwrite",
-    "checkpoint.",
+    "checkpoints.",
     "parallel.",
-    "model.attn_backend",
+    "runtime.",
     "optim.lr",
     "optim.warmup_steps",
     "optim.schedule",
@@ -126,7 +130,7 @@ def check_resumable(folder: Path, cfg: TrainConfig) -> dict:
 
 
 def _options(cfg: TrainConfig) -> StateDictOptions:
-    """LoRA checkpoints hold the trainable parameters only (the base comes from model.checkpoint); loading is
+    """LoRA checkpoints hold the trainable parameters only (the base comes from ``checkpoint``); loading is
     still strict about those, since ``dcp.load`` fails on any key the checkpoint lacks."""
     lora = cfg.mode == "lora"
     return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
@@ -143,12 +147,27 @@ def _app_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema, cfg: Tra
 
 
 def _rng_state(device: torch.device) -> dict:
+    """Every RNG state as tensors and plain values only, so that it loads with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
     }
+
+
+def _nbytes(state: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict; of the local shard for a sharded tensor."""
+    if isinstance(state, DTensor):
+        state = state.to_local()
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(v) for v in state)
+    return 0
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
@@ -156,7 +175,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def save_checkpoint(
@@ -172,13 +192,22 @@ def save_checkpoint(
     """Write the checkpoint of ``step`` atomically (every process calls this); returns its folder."""
     final = step_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    app = _app_state(model, optimizer, ema, cfg)
+    need = int(all_reduce_sum(torch.tensor(_nbytes(app), dtype=torch.float64, device=world.device)))
+    problem = None
     if world.is_main:
         if tmp.exists():
             shutil.rmtree(tmp)  # a save of this step that was killed half-way
-        tmp.mkdir(parents=True)
-    barrier()
+        try:
+            check_free_space(final.parent, need, what="checkpoint")
+            tmp.mkdir(parents=True)
+        except (OutputError, OSError) as e:
+            problem = str(e)
+    problem = broadcast_object(problem)  # every process fails together (none waits at a barrier for ever)
+    if problem is not None:
+        raise OutputError(f"cannot save the checkpoint of step {step}: {problem}")
     with _quiet_single_process():
-        dcp.save(_app_state(model, optimizer, ema, cfg), checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
+        dcp.save(app, checkpoint_id=str(tmp), no_dist=not dist.is_initialized())
     torch.save(_rng_state(world.device), tmp / f"rng_rank{world.rank}.pt")
     barrier()
     if world.is_main:
@@ -189,7 +218,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
-        for _, old in complete_checkpoints(run_dir)[: -cfg.checkpoint.keep]:
+        for _, old in complete_checkpoints(run_dir)[: -cfg.checkpoints.keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
@@ -208,10 +237,13 @@ def load_checkpoint(
     if ema is not None:
         ema.load_state_dict(app["ema"])
     rng = Path(folder) / f"rng_rank{world.rank}.pt"
-    if state["world_size"] == world.size and rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False), world.device)
-    else:
+    if state["world_size"] != world.size or not rng.is_file():
         log.warning("RNG states not restored (saved by %d processes, now %d)", state["world_size"], world.size)
+        return state
+    try:
+        _set_rng_state(load_pickle(rng), world.device)
+    except (CheckpointError, KeyError, TypeError, ValueError) as e:  # e.g. written before RNG states were tensors
+        log.warning("RNG states not restored (%s)", e)
     return state
 
 

@@ -6,11 +6,13 @@ config is a one-line error before any model is built.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
-import torch
+from chronoedit.models.spec import MODEL_PRESETS, ModelSpec
+from chronoedit.runtime import RuntimeConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TRAIN_DTYPES = ("float32", "bfloat16")  # what training computes and stores in
 # DiffSynth's LoRA targets for Wan (their "q,k,v,o,ffn.0,ffn.2"), in our module names without the block prefix.
 DEFAULT_LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "ffn.0", "ffn.2")
 LORA_TARGETS = (
@@ -27,23 +29,8 @@ def _check(problems: list[str], what: str) -> None:
 
 
 def _dtype(name: str, what: str, problems: list[str]) -> None:
-    if name not in DTYPES:
-        problems.append(f"{what}={name!r} must be one of {sorted(DTYPES)}")
-
-
-@dataclass
-class ModelConfig:
-    # "tiny": the built-in tiny demo DiT (seeded random weights, the same as the edit demo's), or a checkpoint:
-    # a diffusers ChronoEdit folder (with transformer/), a transformer folder, or one Wan-named .safetensors file.
-    # null: not chosen yet (the 14B experiments leave it to the command line) — an error.
-    checkpoint: str | None = "tiny"
-    seed: int = 0  # the tiny model's weight seed
-    preset: str | None = None  # a DiT preset replacing the checkpoint's config (default: its own, or read off shapes)
-    attn_backend: str = "sdpa"
-
-    def __post_init__(self) -> None:
-        if self.checkpoint is None:
-            raise ValueError("model.checkpoint is not set: pass model.checkpoint=<ChronoEdit checkpoint> (or tiny)")
+    if name not in TRAIN_DTYPES:
+        problems.append(f"{what}={name!r} must be one of {sorted(TRAIN_DTYPES)}")
 
 
 @dataclass
@@ -204,9 +191,7 @@ class ParallelConfig:
     shard_size: int = -1
     reshard_after_forward: bool = True
     activation_checkpointing: bool = True
-    compile: bool = False  # torch.compile each block
     backend: str = "auto"  # process-group backend: auto = nccl on CUDA, gloo on CPU
-    device: str = "auto"  # auto = cuda if available, else cpu
 
     def __post_init__(self) -> None:
         problems = []
@@ -232,7 +217,12 @@ class CheckpointConfig:
 @dataclass
 class TrainConfig:
     mode: str = "lora"  # lora | full
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # "tiny" (no weights: init=random), a diffusers ChronoEdit folder, a native folder, a transformer folder or
+    # one Wan-named .safetensors file. null: not chosen yet (the 14B experiments leave it to the command line).
+    checkpoint: str | None = "tiny"
+    model: ModelSpec = field(default_factory=lambda: copy.deepcopy(MODEL_PRESETS["tiny"]))  # group configs/model/
+    init: str = "auto"  # auto | random | checkpoint (auto: random for checkpoint=tiny, else the checkpoint's)
+    init_seed: int = 0  # weights of init=random (the same seed as train/preencode.py's init_seed)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,7 +230,8 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # device, attention, compile
     steps: int = 1000
     batch_size: int = 1  # global batch (all processes, all accumulation micro-steps)
     micro_batch_size: int = 1  # samples per forward per process; accumulation = batch / (world · micro)
@@ -262,6 +253,11 @@ class TrainConfig:
             )
         if self.resume and self.overwrite:
             problems.append("resume=true and overwrite=true exclude each other")
+        if self.checkpoint is None:
+            problems.append("checkpoint is not set: pass checkpoint=<ChronoEdit checkpoint> (or tiny)")
+        rt = self.runtime
+        if rt.dtype != "auto" or rt.offload or rt.cfg_batched:
+            problems.append("runtime.dtype/offload/cfg_batched are inference settings (training: precision.*)")
         _check(problems, "training config")
 
     def check_world(self, world_size: int) -> int:

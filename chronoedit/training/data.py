@@ -100,6 +100,19 @@ class SyntheticSource:
         return self._examples[kind][index]
 
 
+def _read_meta(path: Path) -> dict:
+    """The cache's meta.json ({} if absent); a corrupt one is a ValueError naming its line and column."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return meta
+
+
 class CacheSource:
     """A pre-encoded dataset folder. Every file's header is checked on open; an unreadable or misshaped example is
     skipped with a counted warning (the same on every process, so all agree on the examples)."""
@@ -109,7 +122,7 @@ class CacheSource:
         index = self.folder / CACHE_INDEX
         if not index.is_file():
             raise ValueError(f"{self.folder} is not a pre-encoded dataset (no {CACHE_INDEX}; run train/preencode.py)")
-        self.meta = json.loads((self.folder / CACHE_META).read_text()) if (self.folder / CACHE_META).is_file() else {}
+        self.meta = _read_meta(self.folder / CACHE_META)
         self._files: dict[str, list[Path]] = {k: [] for k in KINDS}
         self.skipped = 0
         shapes: dict[str, tuple[int, int, int]] = {}  # kind -> (T, h, w) of its first usable example

@@ -9,30 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from chronoedit.checkpoint.errors import CheckpointError, name_some
-from chronoedit.checkpoint.load import TensorLike, materialize
+from chronoedit.checkpoint.architecture import NO_CHECKPOINT, open_model, resolve_init
+from chronoedit.checkpoint.load import TensorLike, check_keys, materialize
 from chronoedit.lora import add_adapter
+from chronoedit.lora.layers import init_lora_a
 from chronoedit.models.dit import ChronoEditDiT, DiTConfig
-from chronoedit.models.dit.config import DIT_PRESETS, dit_preset
-from chronoedit.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
-from chronoedit.training.config import DTYPES, TrainConfig
+from chronoedit.models.precision import island_dtype
+from chronoedit.parallelize import apply_activation_checkpointing, apply_attention, apply_compile, apply_fsdp
+from chronoedit.runtime import DTYPES
+from chronoedit.training.config import TrainConfig
 from chronoedit.training.distributed import World
+from chronoedit.training.mixed_precision import apply_fsdp_param_dtype
 
-TINY = "tiny"
+TINY = NO_CHECKPOINT
 ADAPTER = "default"  # the adapter name of the trained LoRA (PEFT's default)
-
-
-def tiny_dit_config() -> DiTConfig:
-    """The edit demo's tiny DiT: the tiny preset with the tiny UMT5 and CLIP widths."""
-    from chronoedit.models.clip import CLIP_PRESETS
-    from chronoedit.models.text import UMT5_PRESETS
-
-    return DIT_PRESETS["tiny"].replace(text_dim=UMT5_PRESETS["tiny"].dim, image_dim=CLIP_PRESETS["tiny"].dim)
 
 
 @dataclass
@@ -44,23 +40,17 @@ class BaseWeights:
     convert: Callable[[str, Tensor], Tensor] | None = None  # e.g. fp8 × scale dequantisation, applied after reading
 
 
-def base_weights(checkpoint: str, seed: int = 0, preset: str | None = None) -> BaseWeights:
-    """``checkpoint``: "tiny" (the edit demo's seeded random DiT) or any DiT checkpoint
-    :func:`chronoedit.checkpoint.dit.inspect_dit` reads (a diffusers pipeline or ``transformer/`` folder, a native
-    folder or file, a Wan-named single file, fp8 included); ``preset`` replaces the checkpoint's config."""
-    if checkpoint == TINY:
-        model = ChronoEditDiT(tiny_dit_config()).init_weights(torch.Generator().manual_seed(seed))
+def base_weights(cfg: TrainConfig, overrides: Mapping[str, Any] | None = None) -> BaseWeights:
+    """The DiT of ``cfg``: seeded random weights of ``cfg.model.dit`` (``init=random``), or the DiT of
+    ``cfg.checkpoint`` (any layout the registry reads, fp8 included) with the explicit ``model.dit.*``
+    ``overrides`` applied and checked against its weights (headers only)."""
+    if resolve_init(cfg.checkpoint, cfg.init) == "random":
+        model = ChronoEditDiT(cfg.model.dit).init_weights(torch.Generator().manual_seed(cfg.init_seed))
         return BaseWeights(model.cfg, dict(model.state_dict()))
-    from chronoedit.checkpoint.dit import inspect_dit
-    from chronoedit.checkpoint.fp8 import FP8_DTYPES, dequantize
-
-    src = inspect_dit(checkpoint, dit_preset(preset) if preset is not None else None)
-    parts = src.parts
-
-    def convert(name: str, t: Tensor) -> Tensor:
-        return dequantize(t, parts.scale_of(name)) if t.dtype in FP8_DTYPES else t
-
-    return BaseWeights(src.config, parts.params, convert if src.format.fp8 else None)
+    dit_only = {k: v for k, v in (overrides or {}).items() if k.startswith("dit.")}
+    sources, _ = open_model(cfg.checkpoint, dit_only, names=("dit",))
+    src = sources["dit"]
+    return BaseWeights(src.config, src.tensors, src.convert)
 
 
 def lora_targets(cfg: TrainConfig, num_layers: int) -> list[str]:
@@ -92,33 +82,22 @@ def fill_parameters(model: nn.Module, base: BaseWeights, targets: list[str], lor
     params = dict(model.named_parameters())
     expected = {n: p for n, p in params.items() if not is_lora_param(n)}
     convert, base = base.convert, base.tensors
-    missing = [k for k in expected if k not in base]
-    unexpected = [k for k in base if k not in expected]
-    misshaped = [f"{k} {tuple(base[k].shape)} vs {tuple(p.shape)}" for k, p in expected.items()
-                 if k in base and tuple(base[k].shape) != tuple(p.shape)]  # fmt: skip
-    if missing or unexpected or misshaped:
-        raise CheckpointError(
-            f"DiT weights do not fit the model — missing: {name_some(missing)}; unexpected: {name_some(unexpected)}; "
-            f"misshaped: {name_some(misshaped, 6)}"
-        )
+    check_keys(expected, base, "DiT weights")
     for name, p in expected.items():
         t = materialize(base[name], None if convert is not None else p.dtype)  # cast while reading
         _assign(p, (convert(name, t) if convert is not None else t).to(p.dtype))
     gen = torch.Generator().manual_seed(lora_seed)
     for t in targets:
         a, b = params[f"{t}.lora_A.{ADAPTER}"], params[f"{t}.lora_B.{ADAPTER}"]
-        full_a = torch.empty(a.shape, dtype=a.dtype)
-        bound = 1 / a.shape[1] ** 0.5
-        full_a.uniform_(-bound, bound, generator=gen)
-        _assign(a, full_a)
+        _assign(a, init_lora_a(a.shape[0], a.shape[1], a.dtype, gen))
         _assign(b, torch.zeros(b.shape, dtype=b.dtype))
 
 
 def build_model(cfg: TrainConfig, world: World, base: BaseWeights) -> tuple[ChronoEditDiT, list[str]]:
     """The DiT ready to train on ``world`` and the LoRA target module names ([] for full fine-tuning)."""
-    dit_cfg = base.config.replace(attn_backend=cfg.model.attn_backend)
+    dit_cfg = base.config
     with torch.device("meta"):
-        model = ChronoEditDiT(dit_cfg)
+        model = apply_attention(ChronoEditDiT(dit_cfg), cfg.runtime.attention)
     targets = []
     if cfg.mode == "lora":
         targets = lora_targets(cfg, dit_cfg.num_layers)
@@ -127,12 +106,12 @@ def build_model(cfg: TrainConfig, world: World, base: BaseWeights) -> tuple[Chro
     for name, p in model.named_parameters():
         trainable = cfg.mode == "full" or is_lora_param(name)
         p.requires_grad_(trainable)
-        dtype = torch.float32 if trainable or ChronoEditDiT.keep_fp32(name) else frozen
+        dtype = torch.float32 if trainable else island_dtype(ChronoEditDiT.keep_fp32, name, frozen)
         if p.dtype != dtype:
             p.data = p.data.to(dtype)
     if cfg.parallel.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.parallel.compile:
+    if cfg.runtime.compile:
         apply_compile(model)
     if world.mesh is not None:
         p = cfg.precision
@@ -144,6 +123,8 @@ def build_model(cfg: TrainConfig, world: World, base: BaseWeights) -> tuple[Chro
             reduce_dtype=DTYPES[p.fsdp_reduce],
             reshard_after_forward=cfg.parallel.reshard_after_forward,
         )
+    elif cfg.precision.fsdp_param != "float32":  # one process computes as FSDP would: the same loss curve
+        apply_fsdp_param_dtype(model, DTYPES[cfg.precision.fsdp_param])
     model.to_empty(device=world.device)
     fill_parameters(model, base, targets, cfg.lora.init_seed)
     return model.train(), targets
@@ -162,6 +143,5 @@ __all__ = [
     "fill_parameters",
     "is_lora_param",
     "lora_targets",
-    "tiny_dit_config",
     "trainable_parameters",
 ]

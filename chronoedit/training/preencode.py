@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from chronoedit.checkpoint.safetensors_io import save_file
+from chronoedit.files import read_jsonl, write_text
 from chronoedit.pipeline.condition import check_num_frames, first_frame_video
 from chronoedit.pipeline.images import image_to_tensor, load_image, to_rgb
 from chronoedit.training.data import CACHE_INDEX, CACHE_META, EMPTY_PROMPT
@@ -73,13 +73,7 @@ def read_metadata(folder: str | Path) -> list[Row]:
         with open(path, newline="") as f:
             raw = [(n, dict(r)) for n, r in enumerate(csv.DictReader(f), 2)]
     else:
-        raw = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    raw.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({e.msg})") from e
+        raw = list(read_jsonl(path))  # a line that is not JSON: "<file>:<line>:<column>: invalid JSON (…)"
     rows = []
     for n, r in raw:
         if not isinstance(r, dict) or not all(isinstance(r.get(k), str) and r[k] for k in ("input", "output")):
@@ -180,6 +174,7 @@ def preencode(cfg: PreencodeConfig, enc: Encoders, dtype: torch.dtype = torch.fl
     out = Path(cfg.output)
     check_output(out, cfg.overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    (out / CACHE_INDEX).unlink(missing_ok=True)  # written last again: until then the folder is no dataset
     index, skipped = [], []
     for i, row in enumerate(rows):
         try:
@@ -196,30 +191,22 @@ def preencode(cfg: PreencodeConfig, enc: Encoders, dtype: torch.dtype = torch.fl
     counts = {k: sum(r["kind"] == k for r in index) for k in ("pair", "video")}
     meta = {"height": cfg.height, "width": cfg.width, "checkpoint": cfg.checkpoint, "counts": counts,
             "skipped": len(skipped), "skipped_rows": skipped}  # fmt: skip
-    _write_atomic(out / CACHE_META, json.dumps(meta, indent=1))
-    _write_atomic(out / CACHE_INDEX, "".join(json.dumps(r) + "\n" for r in index))  # last: marks the cache done
+    write_text(out / CACHE_META, json.dumps(meta, indent=1))
+    write_text(out / CACHE_INDEX, "".join(json.dumps(r) + "\n" for r in index))  # last: marks the cache done
     return meta
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def encoders_from_components(components, device: torch.device, dtype: torch.dtype) -> Encoders:
+def encoders_from_components(components, device: torch.device, dtype: torch.dtype, tiling=None) -> Encoders:
     """:class:`Encoders` over loaded pipeline :class:`~chronoedit.pipeline.components.Components`."""
-    from chronoedit.checkpoint.load import cast_params
+    from chronoedit.models.precision import cast_model
     from chronoedit.models.text import encode_prompts
 
     c = components
     for module, dt in ((c.vae, dtype), (c.text_encoder, dtype), (c.image_encoder, torch.float32)):
-        module.to(device).eval()
-        keep = getattr(module, "keep_fp32", None)  # a model's fp32 islands, where it names them
-        cast_params(module, dt, keep if callable(keep) else None)
+        cast_model(module.to(device).eval(), dt)
 
     def video(v: Tensor) -> Tensor:
-        return c.vae.encode(v.to(device, dtype)).float()
+        return c.vae.encode(v.to(device, dtype), tiling=tiling).float()
 
     def text(prompts: list[str]) -> Tensor:
         return encode_prompts(c.text_encoder, c.tokenizer, prompts).float()

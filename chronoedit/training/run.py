@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from chronoedit.training.checkpointing import check_resumable, latest_checkpoint
 from chronoedit.training.config import TrainConfig
@@ -28,8 +30,11 @@ def check_inputs(cfg: TrainConfig, run_dir: Path | None = None) -> None:
             raise ValueError(
                 f"data.cache={cache} is not a pre-encoded dataset (no {CACHE_INDEX}; run train/preencode.py)"
             )
-    if cfg.model.checkpoint != TINY and not Path(cfg.model.checkpoint).exists():
-        raise ValueError(f"model.checkpoint={cfg.model.checkpoint}: no such file or folder")
+    from chronoedit.checkpoint.architecture import resolve_init
+
+    if cfg.checkpoint != TINY and not Path(cfg.checkpoint).exists():
+        raise ValueError(f"checkpoint={cfg.checkpoint}: no such file or folder")
+    resolve_init(cfg.checkpoint, cfg.init)
     run_dir = run_dir if run_dir is not None else cfg.run_dir
     if run_dir is None:
         return
@@ -43,10 +48,13 @@ def check_inputs(cfg: TrainConfig, run_dir: Path | None = None) -> None:
         raise ValueError(f"run_dir {run_dir} is not empty (resume=true to continue it, overwrite=true to restart)")
 
 
-def run(cfg: TrainConfig, run_dir: Path) -> dict:
-    """Train (on every process torchrun started, or this one) and export; returns a summary."""
+def run(cfg: TrainConfig, run_dir: Path, model_overrides: Mapping[str, Any] | None = None) -> dict:
+    """Train (on every process torchrun started, or this one) and export; returns a summary.
+    ``model_overrides``: the ``model.*`` fields given explicitly (they replace a checkpoint's own)."""
     try:
-        summary = _train(cfg, run_dir)  # the trainer, its model and the mesh are freed when this returns
+        summary = _train(
+            cfg, run_dir, model_overrides
+        )  # the trainer, its model and the mesh are freed when this returns
     except BaseException:
         shutdown(wait=False)
         raise
@@ -56,13 +64,13 @@ def run(cfg: TrainConfig, run_dir: Path) -> dict:
     return summary
 
 
-def _train(cfg: TrainConfig, run_dir: Path) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, model_overrides: Mapping[str, Any] | None) -> dict:
     from chronoedit.training.trainer import Trainer
 
-    world = init_world(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.shard_size)
+    world = init_world(cfg.runtime.device, cfg.parallel.backend, cfg.parallel.shard_size)
     run_dir = Path(broadcast_object(str(run_dir)))  # Hydra's timestamped folder may differ between processes
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, run_dir, world)
+    trainer = Trainer(cfg, run_dir, world, model_overrides)
     start = trainer.step
     trainer.fit()
     exported = trainer.export()

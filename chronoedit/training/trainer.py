@@ -12,12 +12,15 @@ import dataclasses
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 from torch.distributed.tensor import DTensor
 
+from chronoedit.runtime import DTYPES
 from chronoedit.training.checkpointing import (
     CHECKPOINTS,
     check_resumable,
@@ -25,17 +28,17 @@ from chronoedit.training.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
-from chronoedit.training.config import DTYPES, OptimConfig, TrainConfig
+from chronoedit.training.config import OptimConfig, TrainConfig
 from chronoedit.training.data import Batch, BatchPlanner, StepPlan, collate, open_source, rank_slots
 from chronoedit.training.distributed import World, all_reduce_sum, barrier
 from chronoedit.training.ema import EMA
-from chronoedit.training.export import DIT_FILE, LORA_FILE, export_full, export_lora
+from chronoedit.training.export import EXPORT_DIR, LORA_FILE, export_full, export_lora
 from chronoedit.training.metrics import METRICS, MetricsLog
 from chronoedit.training.model import base_weights, build_model, trainable_parameters
 from chronoedit.training.objective import draw_sample, flow_loss, model_input, noisy_latents
 
 CONFIG_FILE = "config.yaml"
-OUR_FILES = (CHECKPOINTS, METRICS, CONFIG_FILE, LORA_FILE, DIT_FILE)
+OUR_FILES = (CHECKPOINTS, METRICS, CONFIG_FILE, LORA_FILE, EXPORT_DIR)
 EVAL_STEP = -1  # the step key of the fixed draws used by :meth:`Trainer.eval_loss`
 
 
@@ -84,11 +87,13 @@ def json_safe(d):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, world: World) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: str | Path, world: World, model_overrides: Mapping[str, Any] | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.world = cfg, Path(run_dir), world
         self.accum = cfg.check_world(world.size)
+        base = base_weights(cfg, model_overrides)  # a misfit override fails here, before the run folder is touched
         resume_from = prepare_run_dir(self.run_dir, cfg, world)
-        base = base_weights(cfg.model.checkpoint, cfg.model.seed, cfg.model.preset)
         self.source = open_source(cfg.data, base.config.text_dim, base.config.image_dim)
         if cfg.objective.text_dropout > 0 and self.source.empty_context is None:
             raise ValueError("objective.text_dropout > 0 needs the empty prompt's embedding in the dataset folder")
@@ -189,10 +194,10 @@ class Trainer:
         )
 
     def fit(self, until: int | None = None) -> list[dict]:
-        """Train up to step ``until`` (default: ``cfg.steps``), checkpointing every ``checkpoint.every`` steps and
+        """Train up to step ``until`` (default: ``cfg.steps``), checkpointing every ``checkpoints.every`` steps and
         at ``cfg.steps``; returns the records of the steps run."""
         end = self.cfg.steps if until is None else min(until, self.cfg.steps)
-        every = self.cfg.checkpoint.every
+        every = self.cfg.checkpoints.every
         records = []
         while self.step < end:
             r = self.train_step()
@@ -204,7 +209,8 @@ class Trainer:
         return records
 
     def export(self) -> Path:
-        """The trained LoRA (``lora.safetensors``) or full DiT weights (``dit.safetensors``) in the run folder."""
+        """The trained LoRA (``lora.safetensors``), or for full training the whole model as a native checkpoint
+        folder (``export/``: the trained DiT and the components it was trained with), in the run folder."""
         shadow = self.ema.shadow if (self.ema is not None and self.cfg.ema.export) else None
         if self.cfg.mode == "lora":
             return export_lora(self.model, self.targets, self.cfg, self.run_dir, self.world, shadow)

@@ -25,7 +25,6 @@ class CLIPVisionConfig:
     num_channels: int = 3
     activation: str = "gelu"  # one of ACTIVATIONS (transformers' hidden_act)
     eps: float = 1e-5  # LayerNorm epsilon
-    attn_backend: str = "sdpa"  # a key of chronoedit.ops.ATTENTION_BACKENDS
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,10 +64,4 @@ CLIP_PRESETS: dict[str, CLIPVisionConfig] = {
 }
 
 
-def clip_preset(name: str) -> CLIPVisionConfig:
-    if name not in CLIP_PRESETS:
-        raise ValueError(f"unknown CLIP preset {name!r}; known: {sorted(CLIP_PRESETS)}")
-    return replace(CLIP_PRESETS[name])
-
-
-__all__ = ["ACTIVATIONS", "CLIP_PRESETS", "CLIPVisionConfig", "clip_preset"]
+__all__ = ["ACTIVATIONS", "CLIP_PRESETS", "CLIPVisionConfig"]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from chronoedit.models.clip.config import CLIPVisionConfig
 from chronoedit.models.norms import LayerNorm
-from chronoedit.ops.attention import AttentionFn, get_attention
+from chronoedit.ops.attention import AttentionFn, sdpa_attention
 
 
 def quick_gelu(x: Tensor) -> Tensor:
@@ -64,10 +64,9 @@ class Block(nn.Module):
 class CLIPVisionTower(nn.Module):
     """``pixels (B, C, S, S)`` (normalised, see :class:`ImagePreprocessor`) -> ``(B, N, D)`` penultimate tokens."""
 
-    def __init__(self, cfg: CLIPVisionConfig) -> None:
+    def __init__(self, cfg: CLIPVisionConfig, attn_fn: AttentionFn = sdpa_attention) -> None:
         super().__init__()
         self.cfg = cfg
-        attn_fn = get_attention(cfg.attn_backend)
         p = cfg.patch_size
         self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.dim, kernel_size=p, stride=p, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(cfg.dim))

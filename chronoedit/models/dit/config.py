@@ -29,7 +29,7 @@ class DiTConfig:
     rope_theta: float = 10000.0
     rope_max_seq_len: int = 1024  # positions available on each RoPE axis
     rope_temporal_skip_len: int = 8  # with 2 latent frames, temporal positions are {0, skip-1}
-    attn_backend: str = "sdpa"  # a key of chronoedit.ops.ATTENTION_BACKENDS
+    block: str = "wan"  # a key of chronoedit.models.dit.layers.DIT_BLOCKS (register_block adds variants)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)
@@ -85,10 +85,4 @@ DIT_PRESETS: dict[str, DiTConfig] = {
 }
 
 
-def dit_preset(name: str) -> DiTConfig:
-    if name not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {name!r}; known: {sorted(DIT_PRESETS)}")
-    return replace(DIT_PRESETS[name])
-
-
-__all__ = ["DIT_PRESETS", "IMAGE_TOKENS", "TEXT_LEN", "DiTConfig", "dit_preset"]
+__all__ = ["DIT_PRESETS", "IMAGE_TOKENS", "TEXT_LEN", "DiTConfig"]

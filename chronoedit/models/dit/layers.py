@@ -6,7 +6,8 @@ Parameter names are the original Wan 2.1 names (also used by ComfyUI and the ori
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from einops import rearrange
@@ -16,6 +17,9 @@ from chronoedit.models.norms import LayerNorm, RMSNorm
 from chronoedit.ops.attention import AttentionFn
 from chronoedit.ops.norm import gated_residual, modulate
 from chronoedit.ops.rope import apply_rope
+
+if TYPE_CHECKING:
+    from chronoedit.models.dit.config import DiTConfig
 
 
 def _qk_norm(dim: int, eps: float, enabled: bool) -> nn.Module:
@@ -137,7 +141,6 @@ class DiTBlock(nn.Module):
         self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
-        self.grad_checkpoint = False  # set by chronoedit.parallelize.apply_activation_checkpointing
 
     def forward(self, x: Tensor, e: Tensor, context: TextContext, image: Tensor | None, rope: Tensor) -> Tensor:
         """x (B, L, D), e (B, 6, D) fp32, context (B, Lt, D), image (B, Li, D), rope (L, Dh/2) -> (B, L, D)."""
@@ -179,3 +182,37 @@ class ImageEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
+
+
+# ---------------------------------------------------------------------------------------------- block variants
+# A block variant is a callable ``(cfg: DiTConfig, attn_fn) -> nn.Module`` whose module maps
+# ``(x (B, L, D), e (B, 6, D) fp32, context: TextContext, image (B, Li, D) | None, rope (L, Dh/2)) -> (B, L, D)``;
+# ``model.dit.block=<name>`` selects it. Register a new one from any file with ``@register_block("name")``.
+BlockFactory = Callable[["DiTConfig", AttentionFn], nn.Module]
+DIT_BLOCKS: dict[str, BlockFactory] = {}
+
+
+def register_block(name: str) -> Callable[[BlockFactory], BlockFactory]:
+    """Decorator: make a block class (constructed as ``cls(cfg, attn_fn)``) or factory selectable by name."""
+
+    def add(factory: BlockFactory) -> BlockFactory:
+        if name in DIT_BLOCKS and DIT_BLOCKS[name] is not factory:
+            raise ValueError(f"a DiT block named {name!r} is already registered")
+        DIT_BLOCKS[name] = factory
+        return factory
+
+    return add
+
+
+def build_block(cfg: DiTConfig, attn_fn: AttentionFn) -> nn.Module:
+    if cfg.block not in DIT_BLOCKS:
+        raise ValueError(f"model.dit.block={cfg.block!r} is not a registered DiT block; known: {sorted(DIT_BLOCKS)}")
+    return DIT_BLOCKS[cfg.block](cfg, attn_fn)
+
+
+@register_block("wan")
+def wan_block(cfg: DiTConfig, attn_fn: AttentionFn) -> DiTBlock:
+    """The Wan 2.1 / ChronoEdit block."""
+    image = cfg.image_dim is not None
+    kw = dict(qk_norm=cfg.qk_norm, cross_attn_norm=cfg.cross_attn_norm, eps=cfg.eps, image=image, attn_fn=attn_fn)
+    return DiTBlock(cfg.dim, cfg.ffn_dim, cfg.num_heads, **kw)

@@ -13,14 +13,13 @@ import math
 import re
 
 import torch
-import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.models.dit.config import DiTConfig
-from chronoedit.models.dit.layers import DiTBlock, Head, ImageEmbedding, TextContext
+from chronoedit.models.dit.layers import Head, ImageEmbedding, TextContext, build_block
 from chronoedit.models.dit.rope import rope_3d, temporal_positions
-from chronoedit.ops.attention import get_attention
+from chronoedit.ops.attention import AttentionFn, sdpa_attention
 
 # Parameters kept in fp32 when the model is cast to bf16/fp16: the time embedding, every modulation table
 # and every norm weight (the fp32 islands; the maths around them runs in fp32 as well).
@@ -36,29 +35,19 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 class ChronoEditDiT(nn.Module):
-    def __init__(self, cfg: DiTConfig) -> None:
+    """``attn_fn``: the attention kernel every block calls (runtime, not architecture: see
+    :func:`chronoedit.parallelize.apply_attention`); ``cfg.block`` picks the block variant."""
+
+    def __init__(self, cfg: DiTConfig, attn_fn: AttentionFn = sdpa_attention) -> None:
         super().__init__()
         self.cfg = cfg
-        attn_fn = get_attention(cfg.attn_backend)
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.img_emb = ImageEmbedding(cfg.image_dim, d) if cfg.image_dim is not None else None
-        self.blocks = nn.ModuleList(
-            DiTBlock(
-                d,
-                cfg.ffn_dim,
-                cfg.num_heads,
-                qk_norm=cfg.qk_norm,
-                cross_attn_norm=cfg.cross_attn_norm,
-                eps=cfg.eps,
-                image=cfg.image_dim is not None,
-                attn_fn=attn_fn,
-            )
-            for _ in range(cfg.num_layers)
-        )
+        self.blocks = nn.ModuleList(build_block(cfg, attn_fn) for _ in range(cfg.num_layers))
         self.head = Head(d, cfg.out_channels * math.prod(cfg.patch_size), cfg.eps)
 
     # ------------------------------------------------------------------ precision
@@ -153,12 +142,8 @@ class ChronoEditDiT(nn.Module):
         e, e0 = self.embed_time(t.reshape(-1).expand(b))
         ctx, img = self.embed_context(context, clip_tokens, context_lens)
 
-        grad = torch.is_grad_enabled()
         for block in self.blocks:
-            if grad and block.grad_checkpoint:
-                x = torch.utils.checkpoint.checkpoint(block, x, e0, ctx, img, rope, use_reentrant=False)
-            else:
-                x = block(x, e0, ctx, img, rope)
+            x = block(x, e0, ctx, img, rope)
 
         x = self.head(x, e)  # (B, L, pt·ph·pw·C_out)
         return rearrange(

@@ -1,7 +1,6 @@
 """The text side: prompt cleaning, the UMT5 tokenizer and the UMT5-XXL encoder."""
 
-from chronoedit.models.text.config import UMT5_PRESETS, UMT5Config, umt5_preset
-from chronoedit.models.text.load import load_umt5
+from chronoedit.models.text.config import UMT5_PRESETS, UMT5Config
 from chronoedit.models.text.prompt import clean_prompt
 from chronoedit.models.text.tokenizer import Tokenizer
 from chronoedit.models.text.umt5 import UMT5Encoder, encode_prompts
@@ -13,6 +12,4 @@ __all__ = [
     "UMT5Encoder",
     "clean_prompt",
     "encode_prompts",
-    "load_umt5",
-    "umt5_preset",
 ]

@@ -50,10 +50,4 @@ UMT5_PRESETS: dict[str, UMT5Config] = {
 }
 
 
-def umt5_preset(name: str) -> UMT5Config:
-    if name not in UMT5_PRESETS:
-        raise ValueError(f"unknown UMT5 preset {name!r}; known: {sorted(UMT5_PRESETS)}")
-    return replace(UMT5_PRESETS[name])
-
-
-__all__ = ["UMT5_PRESETS", "UMT5Config", "umt5_preset"]
+__all__ = ["UMT5_PRESETS", "UMT5Config"]

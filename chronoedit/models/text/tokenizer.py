@@ -134,6 +134,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer has no {' or '.join(missing)} ({eos_token!r}, {pad_token!r})")
         self.eos_id: int = ids["eos"]
         self.pad_id: int = ids["pad"]
+        self.folder: Path | None = None  # the folder it was read from, if any
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike) -> Tokenizer:
@@ -148,13 +149,16 @@ class Tokenizer:
             pad_token=_token_str(special.get("pad_token"), "<pad>"),
         )
         if (path / "tokenizer.json").is_file():
-            return cls(_TokenizersBackend(path / "tokenizer.json"), **tokens)
-        if (path / "spiece.model").is_file():
+            tok = cls(_TokenizersBackend(path / "tokenizer.json"), **tokens)
+        elif (path / "spiece.model").is_file():
             import sentencepiece
 
             size = sentencepiece.SentencePieceProcessor(model_file=str(path / "spiece.model")).get_piece_size()
-            return cls(_SentencePieceBackend(path / "spiece.model", _added_tokens(config, size)), **tokens)
-        raise ValueError(f"{path}: neither tokenizer.json nor spiece.model found")
+            tok = cls(_SentencePieceBackend(path / "spiece.model", _added_tokens(config, size)), **tokens)
+        else:
+            raise ValueError(f"{path}: neither tokenizer.json nor spiece.model found")
+        tok.folder = path  # where it came from (copied into checkpoints that ship it)
+        return tok
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, EOS appended, not truncated."""

@@ -17,7 +17,8 @@ WAN21_LATENTS_STD = (
 
 @dataclass
 class VAEConfig:
-    """Architecture of the Wan 2.1 causal 3D VAE, plus how to run it (tiling, strips), which changes no weight.
+    """Architecture of the Wan 2.1 causal 3D VAE (how to run it — tiles, strips — is
+    :class:`chronoedit.runtime.VAETiling`, an argument of each call).
 
     Field names follow the original Wan config (``temporal_downsample`` is spelt correctly here).
     """
@@ -29,11 +30,6 @@ class VAEConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)  # per level transition; the decoder mirrors it
     latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN  # z_dim values: normalize = (z − mean) / std
     latents_std: tuple[float, ...] = WAN21_LATENTS_STD
-    # ---- execution: no effect on the weights ----
-    tile: bool = False  # encode/decode in overlapping spatial tiles, blended (approximate; memory ∝ tile)
-    tile_size: int = 256  # tile height and width, in video pixels
-    tile_overlap: int = 64  # pixels shared by neighbouring tiles, blended linearly
-    strip_rows: int = 128  # untiled decode: rows per exact strip at full resolution (0 = whole frames)
 
     def __post_init__(self) -> None:
         self.dim_mult = tuple(int(m) for m in self.dim_mult)
@@ -60,13 +56,6 @@ class VAEConfig:
             )
         if any(s <= 0 for s in self.latents_std):
             problems.append("latents_std values must be positive")
-        s = self.spatial_factor
-        if self.tile_size <= 0 or self.tile_size % s:
-            problems.append(f"tile_size={self.tile_size} must be a positive multiple of {s}")
-        if self.tile_overlap < 0 or self.tile_overlap % s or 2 * self.tile_overlap > self.tile_size:
-            problems.append(f"tile_overlap={self.tile_overlap} must be a multiple of {s} in [0, tile_size / 2]")
-        if self.strip_rows < 0 or self.strip_rows % s:
-            problems.append(f"strip_rows={self.strip_rows} must be 0 or a positive multiple of {s}")
         if problems:
             raise ValueError("invalid VAEConfig: " + "; ".join(problems))
 
@@ -92,10 +81,4 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-def vae_preset(name: str) -> VAEConfig:
-    if name not in VAE_PRESETS:
-        raise ValueError(f"unknown VAE preset {name!r}; known: {sorted(VAE_PRESETS)}")
-    return replace(VAE_PRESETS[name])
-
-
-__all__ = ["VAE_PRESETS", "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD", "VAEConfig", "vae_preset"]
+__all__ = ["VAE_PRESETS", "WAN21_LATENTS_MEAN", "WAN21_LATENTS_STD", "VAEConfig"]

@@ -7,6 +7,7 @@ alone; every later latent frame stands for 4 video frames. Everything is causal 
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -24,7 +25,7 @@ from chronoedit.models.vae.layers import (
     preferred_format,
 )
 from chronoedit.models.vae.stream import run_depth_first, run_in_strips
-from chronoedit.models.vae.tiling import tiled
+from chronoedit.models.vae.tiling import VAETiling, tiled
 
 _CAUSAL = (CausalConv3d, Downsample)  # layers that keep state in a CausalCache
 
@@ -102,10 +103,8 @@ class Decoder(nn.Module):
 class WanVAE(nn.Module):
     """The Wan 2.1 VAE. ``encode`` returns normalised latents (posterior mean, or a sample), ``decode`` takes
     them back to video clamped to [−1, 1]; the ``*_step`` methods stream a clip chunk by chunk with an explicit
-    :class:`CausalCache`. ``cfg.tile`` switches to blended spatial tiles for frames larger than a tile.
-
-    The execution fields of the config (``tile``, ``tile_size``, ``tile_overlap``, ``strip_rows``) are read at
-    each call, so ``vae.cfg = vae.cfg.replace(tile=True)`` switches a built model. Call under ``torch.no_grad()``
+    :class:`CausalCache`. How to run (blended spatial tiles, exact row strips) is the ``tiling`` argument of each
+    call (:class:`VAETiling`; default: untiled, 128-row strips), never part of the config. Call under ``torch.no_grad()``
     (or ``inference_mode``) unless gradients are wanted: in-place activations are only used without autograd."""
 
     def __init__(self, cfg: VAEConfig) -> None:
@@ -195,6 +194,11 @@ class WanVAE(nn.Module):
         s = self.cfg.spatial_factor
         return x.contiguous(memory_format=preferred_format(x.device, self.cfg.base_dim, s * x.shape[3]))
 
+    def _tiling(self, tiling: VAETiling | None) -> VAETiling:
+        tiling = tiling or VAETiling()
+        tiling.check(self.cfg.spatial_factor)
+        return tiling
+
     # ------------------------------------------------------------------ whole clips
     def _encode_untiled(self, video: Tensor) -> Tensor:
         """(B, 3, F, H, W) -> moments (B, 2·z_dim, T, h, w), frames fed in chunks of 1, 4, 4, …"""
@@ -206,10 +210,9 @@ class WanVAE(nn.Module):
             out.append(moments)
         return torch.cat(out, dim=2)
 
-    def _decode_untiled(self, z_raw: Tensor) -> Tensor:
+    def _decode_untiled(self, z_raw: Tensor, rows: int) -> Tensor:
         """Raw latents (B, z_dim, T, h, w) -> video (B, 3, F, H, W), not clamped. With ``cfg.strip_rows`` the
-        stages after the last temporal upsampling run in exact row strips over the buffered frames."""
-        rows = self.cfg.strip_rows
+        stages after the last temporal upsampling run in exact row strips of ``rows`` over the buffered frames."""
         height = z_raw.shape[3] * self.cfg.spatial_factor
         if rows == 0 or height <= rows:
             return self.decode_step(z_raw)[0]
@@ -222,30 +225,37 @@ class WanVAE(nn.Module):
         del pieces
         return run_in_strips(layers[split:], frames, rows // scale)
 
-    def encode_moments(self, video: Tensor) -> Tensor:
+    def encode_moments(self, video: Tensor, tiling: VAETiling | None = None) -> Tensor:
         """Video (B, 3, F, H, W) -> posterior moments (B, 2·z_dim, T, H/8, W/8): raw mean, then log-variance."""
         self.check_video(video)
-        s = self.cfg.spatial_factor
-        if self.cfg.tile and max(video.shape[3:]) > self.cfg.tile_size:
-            tile, overlap = self.cfg.tile_size // s, self.cfg.tile_overlap // s
+        s, tiling = self.cfg.spatial_factor, self._tiling(tiling)
+        if tiling.tile and max(video.shape[3:]) > tiling.tile_size:
+            tile, overlap = tiling.tile_size // s, tiling.tile_overlap // s
             return tiled(self._encode_untiled, video, tile, overlap, in_scale=s, out_scale=1)
         return self._encode_untiled(video)
 
-    def decode_raw(self, z_raw: Tensor) -> Tensor:
+    def decode_raw(self, z_raw: Tensor, tiling: VAETiling | None = None) -> Tensor:
         """Raw latents (B, z_dim, T, h, w) -> video (B, 3, 4(T − 1) + 1, 8h, 8w) clamped to [−1, 1]."""
         self.check_latents(z_raw)
-        s = self.cfg.spatial_factor
-        if self.cfg.tile and max(z_raw.shape[3:]) * s > self.cfg.tile_size:
-            tile, overlap = self.cfg.tile_size // s, self.cfg.tile_overlap // s
-            video = tiled(self._decode_untiled, z_raw, tile, overlap, in_scale=1, out_scale=s)
+        s, tiling = self.cfg.spatial_factor, self._tiling(tiling)
+        untiled = functools.partial(self._decode_untiled, rows=tiling.strip_rows)
+        if tiling.tile and max(z_raw.shape[3:]) * s > tiling.tile_size:
+            tile, overlap = tiling.tile_size // s, tiling.tile_overlap // s
+            video = tiled(untiled, z_raw, tile, overlap, in_scale=1, out_scale=s)
         else:
-            video = self._decode_untiled(z_raw)
+            video = untiled(z_raw)
         return video.clamp(-1.0, 1.0) if video.requires_grad else video.clamp_(-1.0, 1.0)
 
-    def encode(self, video: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    def encode(
+        self,
+        video: Tensor,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        tiling: VAETiling | None = None,
+    ) -> Tensor:
         """Video (B, 3, F, H, W) in [−1, 1], F = 4k + 1 -> normalised latents (B, z_dim, k + 1, H/8, W/8):
         the posterior mean, or with ``sample`` mean + std · N(0, 1) drawn from ``generator``."""
-        moments = self.encode_moments(video)
+        moments = self.encode_moments(video, tiling)
         mean, logvar = moments.chunk(2, dim=1)
         z = mean
         if sample:
@@ -253,9 +263,9 @@ class WanVAE(nn.Module):
             z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return self.normalize(z)
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, tiling: VAETiling | None = None) -> Tensor:
         """Normalised latents (B, z_dim, T, h, w) -> video (B, 3, 4(T − 1) + 1, 8h, 8w) in [−1, 1]."""
-        return self.decode_raw(self.denormalize(z))
+        return self.decode_raw(self.denormalize(z), tiling)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

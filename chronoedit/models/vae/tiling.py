@@ -9,9 +9,31 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class VAETiling:
+    """Execution of the VAE: blended spatial tiles (approximate; memory ∝ tile) or exact row strips."""
+
+    tile: bool = False  # encode/decode in overlapping spatial tiles for frames larger than a tile
+    tile_size: int = 256  # tile height and width, in video pixels
+    tile_overlap: int = 64  # pixels shared by neighbouring tiles, blended linearly
+    strip_rows: int = 128  # untiled decode: rows per exact strip at full resolution (0 = whole frames)
+
+    def check(self, spatial_factor: int) -> None:
+        s, problems = spatial_factor, []
+        if self.tile_size <= 0 or self.tile_size % s:
+            problems.append(f"tile_size={self.tile_size} must be a positive multiple of {s}")
+        if self.tile_overlap < 0 or self.tile_overlap % s or 2 * self.tile_overlap > self.tile_size:
+            problems.append(f"tile_overlap={self.tile_overlap} must be a multiple of {s} in [0, tile_size / 2]")
+        if self.strip_rows < 0 or self.strip_rows % s:
+            problems.append(f"strip_rows={self.strip_rows} must be 0 or a positive multiple of {s}")
+        if problems:
+            raise ValueError("invalid runtime.vae: " + "; ".join(problems))
 
 
 def tile_grid(size: int, tile: int, overlap: int) -> tuple[list[int], int]:

@@ -1,0 +1,70 @@
+"""What to build and where its weights come from: ``checkpoint``, ``init`` and the ``model.*`` overrides.
+
+* ``init=random``: the architecture is the composed ``model`` config; weights are seeded random.
+* ``init=checkpoint``: the architecture is the checkpoint's; the ``model.*`` fields given explicitly (on the
+  command line, or a ``model=`` preset chosen there) replace the checkpoint's values, and every component must
+  then fit its weights — checked on headers before any tensor is read, the error naming the override.
+* ``init=auto`` (default): random for ``checkpoint=tiny`` (no weights), else checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.registry import NAMES, Source, check_fit, open_component
+from chronoedit.models.spec import override_config, split_overrides
+
+NO_CHECKPOINT = "tiny"  # the built-in name for "no weights": random weights of the `model` config
+INITS = ("auto", "random", "checkpoint")
+
+
+def resolve_init(checkpoint: str | None, init: str) -> str:
+    """``random`` or ``checkpoint``; a ValueError for an impossible pair."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} must be one of {INITS}")
+    has_weights = checkpoint not in (None, "", NO_CHECKPOINT)
+    if init == "auto":
+        return "checkpoint" if has_weights else "random"
+    if init == "checkpoint" and not has_weights:
+        raise ValueError(f"init=checkpoint needs checkpoint=<folder, file or Hub id> (got {checkpoint!r})")
+    return init
+
+
+def open_model(
+    checkpoint: str,
+    overrides: Mapping[str, Any] | None = None,
+    names: Sequence[str] = NAMES,
+    **hub: Any,
+) -> tuple[dict[str, Source], Any]:
+    """The components ``names`` of ``checkpoint`` (headers only) with the ``model.*`` ``overrides``
+    (``{"dit.num_layers": 4}``) applied to their configs, each checked against its weights. Returns the
+    sources and the resolved :class:`~chronoedit.checkpoint.resolve.CheckpointInfo` (None for a single file)."""
+    from pathlib import Path
+
+    from chronoedit.checkpoint.resolve import resolve_checkpoint
+
+    if Path(checkpoint).is_file():  # one component's file (e.g. a Wan-named DiT)
+        if len(names) != 1:
+            raise CheckpointError(f"{checkpoint}: a single file holds one component, {len(names)} are needed")
+        info, paths = None, {names[0]: Path(checkpoint)}
+    else:
+        info = resolve_checkpoint(checkpoint, components=names, **hub)
+        paths = info.components
+    changes = split_overrides(overrides or {})
+    sources = {}
+    for name in names:
+        src = open_component(paths[name], name)
+        if name in changes:
+            src.config = override_config(src.config, name, changes[name])
+            try:
+                check_fit(src)
+            except CheckpointError as e:
+                given = ", ".join(f"model.{name}.{k}={v}" for k, v in changes[name].items())
+                raise CheckpointError(f"{given} does not fit the weights: {e}") from None
+        sources[name] = src
+    return sources, info
+
+
+__all__ = ["INITS", "NO_CHECKPOINT", "open_model", "resolve_init"]
