@@ -52,12 +52,18 @@ def main(cfg: DictConfig) -> None:
     pc = to_object(cfg, PreencodeConfig)
     device = resolve_device(pc.runtime.device)
     dtype = resolve_dtype(pc.runtime.dtype, device)
+    from chronoedit.checkpoint.errors import CheckpointError
+
     overrides = model_overrides(list(HydraConfig.get().overrides.task), pc.model)
-    components = load_components(
-        pc.checkpoint, dtype=dtype, model=pc.model, init=pc.init, overrides=overrides, seed=pc.init_seed
-    )
-    with torch.no_grad():
-        meta = preencode(pc, encoders_from_components(components, device, dtype, pc.runtime.vae), dtype)
+    try:
+        components = load_components(
+            pc.checkpoint, dtype=dtype, model=pc.model, init=pc.init, overrides=overrides, seed=pc.init_seed
+        )
+        with torch.no_grad():
+            meta = preencode(pc, encoders_from_components(components, device, dtype, pc.runtime.vae), dtype)
+    except (CheckpointError, ValueError, OSError) as e:  # a misfit override, a bad file, a full disk: one line
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps({"output": pc.output, "counts": meta["counts"], "skipped": meta["skipped"]}))
 
 

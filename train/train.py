@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(train, run_dir, model_overrides(list(HydraConfig.get().overrides.task), train.model))
-    except CheckpointError as e:  # e.g. a model.* override that does not fit the checkpoint: one line
+    except (CheckpointError, ValueError, OSError) as e:  # e.g. a misfit model.* override, a full disk: one line
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

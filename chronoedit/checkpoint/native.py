@@ -33,6 +33,7 @@ from chronoedit.checkpoint.registry import NATIVE_INDEX as INDEX
 from chronoedit.checkpoint.registry import Source, component, load
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile
 from chronoedit.checkpoint.writer import pending, write_safetensors
+from chronoedit.files import write_text
 
 FORMAT = "chronoedit-native"
 VERSION = 1
@@ -238,7 +239,7 @@ def save_native(
         for p in loras:
             shutil.copy2(p, root / "lora" / Path(p).name)
             doc["lora"].append(f"lora/{Path(p).name}")
-    (root / INDEX).write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_text(root / INDEX, yaml.safe_dump(doc, sort_keys=False))  # last and atomic: marks the checkpoint whole
     return root
 
 
