@@ -110,7 +110,8 @@ def temp_path(path: str | os.PathLike, keep_suffix: bool = False) -> Path:
     return path.with_name(f"{path.stem}{TMP_SUFFIX}{path.suffix}" if keep_suffix else path.name + TMP_SUFFIX)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk; best effort (some filesystems refuse it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -148,13 +149,13 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = False, fsync: bo
         if not tmp.exists():
             raise FileNotFoundError(errno.ENOENT, "the writer produced no file", str(tmp))
         if fsync:
-            _fsync(tmp)
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
     if fsync:
-        _fsync(path.parent)
+        fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -169,8 +170,8 @@ def atomic_dir(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]
         yield tmp
         if fsync:
             for p in tmp.iterdir():
-                _fsync(p)
-            _fsync(tmp)
+                fsync_path(p)
+            fsync_path(tmp)
         old = path.with_name(path.name + ".old")
         if os.path.lexists(path):
             _remove(old)
@@ -181,7 +182,7 @@ def atomic_dir(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]
         _remove(tmp)
         raise
     if fsync:
-        _fsync(path.parent)
+        fsync_path(path.parent)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

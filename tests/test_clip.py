@@ -14,9 +14,10 @@ from PIL import Image
 from chronoedit.checkpoint.encoders import load_image_encoder as load_clip_vision
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.keymaps.clip import config_from_transformers, config_to_transformers, transformers_to_ours
-from chronoedit.checkpoint.load import cast_params, load_into
+from chronoedit.checkpoint.load import load_into
 from chronoedit.checkpoint.safetensors_io import save_file
 from chronoedit.models.clip import CLIP_PRESETS, CLIPVisionConfig, CLIPVisionTower, ImagePreprocessor
+from chronoedit.models.precision import cast_params
 from tests.helpers import randomize_, rel_err
 
 transformers = pytest.importorskip("transformers")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from chronoedit.checkpoint.keymaps.dit import DIFFUSERS_TO_OURS, config_from_diffusers, config_to_diffusers
-from chronoedit.checkpoint.load import cast_params, load_into
+from chronoedit.checkpoint.load import load_into
 from chronoedit.models.dit import DIT_PRESETS, ChronoEditDiT, DiTConfig
+from chronoedit.models.precision import cast_params
 from tests.helpers import randomize_, rel_err
 
 diffusers = pytest.importorskip("diffusers")

@@ -32,16 +32,22 @@ def is_leftover(p: Path) -> bool:
     return ".tmp" in p.name or p.name.endswith(".old") or (p.name.startswith(".") and p.name.endswith(".lock"))
 
 
-def check_edit_folder(folder: Path, expected: dict) -> dict[str, int]:
-    """Every file under a final name in an edit's folder is whole (and equals what was being written)."""
-    seen = {"complete": 0, "leftovers": 0}
+def final_files(folder: Path, seen: dict[str, int]):
+    """The files under their final names in ``folder``, counting them and the leftovers (``*.tmp``, locks)."""
     if not folder.is_dir():
-        return seen
+        return
     for p in folder.iterdir():
         if is_leftover(p):
             seen["leftovers"] += 1
             continue
         seen["complete"] += 1
+        yield p
+
+
+def check_edit_folder(folder: Path, expected: dict) -> dict[str, int]:
+    """Every file under a final name in an edit's folder is whole (and equals what was being written)."""
+    seen = {"complete": 0, "leftovers": 0}
+    for p in final_files(folder, seen):
         if p.name == "edit.png":
             with Image.open(p) as im:
                 assert im.convert("RGB").tobytes() == expected["edit"], p
@@ -75,13 +81,7 @@ def check_convert_folder(folder: Path, expected: dict[str, torch.Tensor]) -> dic
     from chronoedit.checkpoint.safetensors_io import SafetensorsFile, read_tensor
 
     seen = {"complete": 0, "leftovers": 0}
-    if not folder.is_dir():
-        return seen
-    for p in folder.iterdir():
-        if is_leftover(p):
-            seen["leftovers"] += 1
-            continue
-        seen["complete"] += 1
+    for p in final_files(folder, seen):
         if p.name == "dit.safetensors":
             f = SafetensorsFile(p)
             assert sorted(f) == sorted(expected), p

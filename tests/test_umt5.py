@@ -21,8 +21,9 @@ from chronoedit.checkpoint.keymaps.umt5 import (
     config_to_transformers,
     untie_embedding,
 )
-from chronoedit.checkpoint.load import cast_params, load_into
+from chronoedit.checkpoint.load import load_into
 from chronoedit.checkpoint.safetensors_io import save_file
+from chronoedit.models.precision import cast_params
 from chronoedit.models.text import UMT5_PRESETS, Tokenizer, UMT5Config, UMT5Encoder, encode_prompts
 from chronoedit.models.text.umt5 import relative_position_buckets
 from tests.fixtures_text import make_test_tokenizer_folder

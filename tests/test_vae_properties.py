@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chronoedit.checkpoint.load import cast_params
+from chronoedit.models.precision import cast_params
 from chronoedit.models.vae import VAE_PRESETS, CausalCache, VAETiling, WanVAE
 from chronoedit.models.vae.stream import run_depth_first, run_layer_by_layer
 from tests.helpers import randomize_, rel_err

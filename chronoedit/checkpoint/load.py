@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 from chronoedit.checkpoint.errors import CheckpointError, name_some
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor, scratch_buffer
-from chronoedit.models.precision import cast_params, keep_fp32_of
 
 # A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
 TensorLike = TensorInfo | Tensor
@@ -126,23 +125,3 @@ def load_into(
     if leftover:
         raise CheckpointError(f"{what}: buffers left on the meta device after loading: {name_some(leftover)}")
     return model
-
-
-def build_and_load(
-    cls: Callable[[Any], nn.Module],
-    cfg: Any,
-    tensors: Mapping[str, TensorLike],
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str = "cpu",
-    what: str = "checkpoint",
-    convert: Callable[[str, Tensor], Tensor] | None = None,
-) -> nn.Module:
-    """``cls(cfg)`` built on ``meta``, cast to ``dtype`` but for its fp32 islands (``cls.keep_fp32``), filled
-    strictly from ``tensors`` (our names) one tensor at a time on ``device``; in eval mode. ``convert(name, t)``
-    transforms each tensor after reading (e.g. fp8 × scale)."""
-    with torch.device("meta"):
-        model = cls(cfg)
-    cast_params(model, dtype, keep_fp32_of(cls))
-    load_into(model, tensors, what=what, device=device, convert=convert)
-    return model.eval()

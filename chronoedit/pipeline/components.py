@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chronoedit.checkpoint.architecture import NO_CHECKPOINT, resolve_init
+from chronoedit.checkpoint.architecture import resolve_init
 from chronoedit.models.spec import MODEL_PRESETS, ModelSpec
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from chronoedit.models.vae import WanVAE
     from chronoedit.sampling import SamplerConfig
 
-TINY = NO_CHECKPOINT  # the built-in demo: random weights of the `model` config (the tiny preset by default)
 RANDOM_SAMPLER = {"steps": 8, "shift": 5.0}  # sampler defaults of a model without a scheduler config
 
 

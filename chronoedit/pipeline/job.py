@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import yaml
 
-from chronoedit.checkpoint.architecture import resolve_init
+from chronoedit.checkpoint.architecture import NO_CHECKPOINT, resolve_init
 from chronoedit.checkpoint.safetensors_io import save_file
 from chronoedit.files import claim_output_dir, read_jsonl, write_text
-from chronoedit.pipeline.components import TINY, Components, load_components
+from chronoedit.pipeline.components import Components, load_components
 from chronoedit.pipeline.config import EditConfig
 from chronoedit.pipeline.images import load_image, save_frames, save_mp4, save_png, save_webp
 from chronoedit.pipeline.pipeline import EditPipeline, EditRequest, EditResult
@@ -63,7 +63,7 @@ def _read_batch(path: str) -> list[dict]:
 
 def plan_jobs(cfg: EditConfig) -> list[Job]:
     """Every edit of this config, each validated (image readable, sizes, frames, reasoning steps)."""
-    max_area = cfg.max_area or (TINY_MAX_AREA if cfg.checkpoint == TINY else DEFAULT_MAX_AREA)
+    max_area = cfg.max_area or (TINY_MAX_AREA if cfg.checkpoint == NO_CHECKPOINT else DEFAULT_MAX_AREA)
     if cfg.batch:
         rows = _read_batch(cfg.batch)
     else:
@@ -100,7 +100,7 @@ def check_inputs(cfg: EditConfig, out: Path) -> tuple[list[Job], torch.device, t
     for spec in cfg.lora:
         if spec.path != "distill" and not Path(spec.path).is_file():
             raise ValueError(f"LoRA file not found: {spec.path}")
-    if cfg.checkpoint != TINY and not (Path(cfg.checkpoint).exists() or cfg.checkpoint.count("/") == 1):
+    if cfg.checkpoint != NO_CHECKPOINT and not (Path(cfg.checkpoint).exists() or cfg.checkpoint.count("/") == 1):
         raise ValueError(f"checkpoint {cfg.checkpoint!r} is neither 'tiny', an existing folder nor a Hub repo id")
     resolve_init(cfg.checkpoint, cfg.init)
     device = resolve_device(cfg.runtime.device)

@@ -41,7 +41,7 @@ from torch.distributed.tensor import DTensor
 
 from chronoedit.checkpoint.errors import CheckpointError
 from chronoedit.checkpoint.pickle_io import load_pickle
-from chronoedit.files import OutputError, check_free_space
+from chronoedit.files import OutputError, check_free_space, fsync_path
 from chronoedit.training.config import TrainConfig
 from chronoedit.training.distributed import World, all_reduce_sum, barrier, broadcast_object
 
@@ -213,11 +213,11 @@ def save_checkpoint(
     if world.is_main:
         state = {**trainer_state, "step": step, "world_size": world.size, "config": dataclasses.asdict(cfg)}
         (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1, default=list))
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         for _, old in complete_checkpoints(run_dir)[: -cfg.checkpoints.keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -254,19 +254,6 @@ def _quiet_single_process():
         if not dist.is_initialized():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         yield
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from chronoedit.checkpoint.architecture import NO_CHECKPOINT, open_model, resolve_init
+from chronoedit.checkpoint.architecture import open_model, resolve_init
 from chronoedit.checkpoint.load import TensorLike, check_keys, materialize
 from chronoedit.lora import add_adapter
 from chronoedit.lora.layers import init_lora_a
@@ -27,7 +27,6 @@ from chronoedit.training.config import TrainConfig
 from chronoedit.training.distributed import World
 from chronoedit.training.mixed_precision import apply_fsdp_param_dtype
 
-TINY = NO_CHECKPOINT
 ADAPTER = "default"  # the adapter name of the trained LoRA (PEFT's default)
 
 
@@ -136,7 +135,6 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 __all__ = [
     "ADAPTER",
-    "TINY",
     "BaseWeights",
     "base_weights",
     "build_model",

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from chronoedit.checkpoint.architecture import NO_CHECKPOINT
 from chronoedit.training.checkpointing import check_resumable, latest_checkpoint
 from chronoedit.training.config import TrainConfig
 from chronoedit.training.data import CACHE_INDEX
 from chronoedit.training.distributed import broadcast_object, init_world, shutdown
-from chronoedit.training.model import TINY
 
 
 def check_inputs(cfg: TrainConfig, run_dir: Path | None = None) -> None:
@@ -32,7 +32,7 @@ def check_inputs(cfg: TrainConfig, run_dir: Path | None = None) -> None:
             )
     from chronoedit.checkpoint.architecture import resolve_init
 
-    if cfg.checkpoint != TINY and not Path(cfg.checkpoint).exists():
+    if cfg.checkpoint != NO_CHECKPOINT and not Path(cfg.checkpoint).exists():
         raise ValueError(f"checkpoint={cfg.checkpoint}: no such file or folder")
     resolve_init(cfg.checkpoint, cfg.init)
     run_dir = run_dir if run_dir is not None else cfg.run_dir
