@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from chronoedit.files import atomic_dir, atomic_path
+from chronoedit.models.clip.preprocess import composite_on_white
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -35,9 +36,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return composite_on_white(im)
     return im.convert("RGB") if im.mode != "RGB" else im
 
 

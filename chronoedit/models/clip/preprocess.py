@@ -36,6 +36,12 @@ def _size(value: Any, what: str) -> dict[str, int]:
     raise ValueError(f"{what}={value!r}: expected an int, {{'shortest_edge'}} or {{'height', 'width'}}")
 
 
+def composite_on_white(image: Image.Image) -> Image.Image:
+    """RGB of ``image`` (alpha or a transparency colour) composited onto an opaque white background."""
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
     """PIL images -> normalised ``(B, 3, crop_h, crop_w)`` float32 pixels for :class:`CLIPVisionTower`."""
@@ -99,9 +105,7 @@ class ImagePreprocessor:
     def to_rgb(image: Image.Image) -> Image.Image:
         """RGB; images with an alpha band or a transparency colour are composited onto white."""
         if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
+            return composite_on_white(image)
         return image.convert("RGB")
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
