@@ -19,11 +19,13 @@ RUNTIME = [
 EXTRAS = {
     # The reference implementations are oracles for the tests only; chronoedit/ never imports them.
     # ftfy: diffusers' ChronoEditPipeline cannot clean a prompt without it (our cleaning uses it when present).
-    "test": ["pytest>=8", "diffusers==0.42.1", "transformers==5.23.0", "peft>=0.17", "ftfy>=6", "regex"],
+    # gguf: the GGUF DiT tests (skipped without it)
+    "test": ["pytest>=8", "diffusers==0.42.1", "transformers==5.23.0", "peft>=0.17", "ftfy>=6", "regex", "gguf>=0.19"],
     "dev": ["ruff>=0.6"],
     "video": ["imageio>=2.30", "imageio-ffmpeg>=0.5"],
     "text": ["ftfy>=6"],
     "plot": ["matplotlib>=3.7"],  # infer/eval.py sweeps: sweep.png (the table is written without it)
+    "gguf": ["gguf>=0.19"],  # GGUF DiTs (QuantStack's ChronoEdit quantisations), dequantised on load
 }
 
 setup(

@@ -24,6 +24,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile each DiT block
     offload: bool = False  # inference: models live on the CPU and visit the device only for their stage
     cfg_batched: bool = False  # inference: conditional + unconditional DiT passes as one doubled batch
+    context_cache: bool = True  # inference: every prompt's cross-attention K/V and the RoPE table once per edit (exact)
     vae: VAETiling = field(default_factory=VAETiling)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ the reasoning video (video.webp, video.mp4 with imageio-ffmpeg) when one was dec
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,8 @@ if __name__ == "__main__":
         checked.append(edit)
 
     error = preflight(ROOT / "configs", "edit", sys.argv[1:], check=check_output)
-    if not error and checked[-1].output_dir is not None and not sweep:
+    rank0 = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 owns the output folder
+    if not error and checked[-1].output_dir is not None and not sweep and rank0:
         try:  # one edit per output_dir: a second is refused while this process lives (and before Hydra makes it)
             lock_output(checked[-1].output_dir, what="output_dir")
         except OutputError as e:

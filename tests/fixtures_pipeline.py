@@ -31,11 +31,16 @@ CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_atten
 FLOW_SHIFT = 5.0
 
 
-def make_diffusers_components(seed: int = 0) -> dict:
-    """The pipeline's components (random, eval mode), keyed by ``ChronoEditPipeline`` argument name."""
+def make_diffusers_components(seed: int = 0, sizes: dict[str, dict] | None = None) -> dict:
+    """The pipeline's components (random, eval mode), keyed by ``ChronoEditPipeline`` argument name. ``sizes``:
+    constructor arguments replacing the tiny ones, per ``"dit" | "vae" | "umt5" | "clip"`` (e.g. for benchmarks)."""
     import diffusers
     import transformers
 
+    sizes = sizes or {}
+    DIT, VAE, UMT5, CLIP = ({**d, **sizes.get(k, {})} for k, d in
+                            (("dit", globals()["DIT"]), ("vae", globals()["VAE"]), ("umt5", globals()["UMT5"]),
+                             ("clip", globals()["CLIP"])))  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = randomize_(diffusers.ChronoEditTransformer3DModel(**DIT), seed)
@@ -57,14 +62,17 @@ def make_diffusers_components(seed: int = 0) -> dict:
     )  # fmt: skip
 
 
-def make_diffusers_pipeline_folder(path: str | Path, *, max_shard_size: str = "40KB", seed: int = 0) -> Path:
-    """Save a tiny random ``ChronoEditPipeline`` to ``path`` (created) and return it."""
+def make_diffusers_pipeline_folder(
+    path: str | Path, *, max_shard_size: str = "40KB", seed: int = 0, sizes: dict[str, dict] | None = None
+) -> Path:
+    """Save a tiny random ``ChronoEditPipeline`` to ``path`` (created) and return it (``sizes``: see
+    :func:`make_diffusers_components`)."""
     import diffusers
     from transformers import AutoTokenizer
 
     path = Path(path)
     tok_dir = make_test_tokenizer_folder(path / "_tokenizer_src")
-    components = make_diffusers_components(seed)
+    components = make_diffusers_components(seed, sizes)
     pipe = diffusers.ChronoEditPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), **components)
     pipe.save_pretrained(str(path), max_shard_size=max_shard_size)
     for f in tok_dir.iterdir():

@@ -28,8 +28,16 @@ from chronoedit.models.dit import DIT_PRESETS, ChronoEditDiT, DiTConfig
 from chronoedit.models.vae import VAE_PRESETS, WanVAE
 from tests.helpers import rel_err
 
-# head_dim 128 as in every Wan model, so that the config can be read off the shapes alone
+# head_dim 128 as in every Wan model; width 128 is declared a "released" width below, so that the config can be
+# read off the shapes alone (other widths need model.dit.num_heads: see tests/test_checkpoint_loose.py)
 CFG = DiTConfig(dim=128, num_heads=1, num_layers=2, ffn_dim=256, text_dim=32, image_dim=48, freq_dim=32)
+
+
+@pytest.fixture(autouse=True)
+def _width_128_is_known(monkeypatch):
+    from chronoedit.checkpoint.dit import RELEASED_HEADS
+
+    monkeypatch.setitem(RELEASED_HEADS, CFG.dim, CFG.num_heads)
 
 
 def model(cfg: DiTConfig = CFG, seed: int = 0) -> ChronoEditDiT:
@@ -64,7 +72,7 @@ def test_diffusers_named_single_file_and_config_override(tmp_path):
     save_file(OURS_TO_DIFFUSERS.convert(m.state_dict()), tmp_path / "d.safetensors")
     fmt = detect(open_checkpoint(tmp_path / "d.safetensors"), DIT_NAMINGS, prefixes=WAN_PREFIXES)
     assert (fmt.naming, fmt.prefix, fmt.fp8) == ("diffusers", "", None)
-    with pytest.raises(CheckpointError, match="not a multiple of head_dim=128; pass config="):
+    with pytest.raises(CheckpointError, match=r"not in its shapes.*pass model\.dit\.num_heads="):
         load_dit(tmp_path / "d.safetensors")
     got = load_dit(tmp_path / "d.safetensors", dtype=torch.float32, config=m.cfg)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in got.state_dict().items())

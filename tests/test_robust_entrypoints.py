@@ -101,7 +101,7 @@ def test_unusable_output_locations_are_refused_before_anything_is_created(tmp_pa
 
 
 def one_file_dit(path: Path, layers: int = 1, seed: int = 0) -> Path:
-    """A small one-file DiT in Wan naming that tools/convert.py reads the config of (Wan's head dim 128)."""
+    """A small one-file DiT in Wan naming (width 128, one head: pass ``--model dit.num_heads=1``)."""
     import torch
 
     from chronoedit.checkpoint.safetensors_io import save_file
@@ -128,7 +128,10 @@ def test_a_full_disk_and_a_busy_folder_are_one_line_errors(tmp_path):
         cases = {
             "edit: folder in use": ([sys.executable, EDIT, f"output_dir={busy}", "overwrite=true"], ROOT),
             "train: folder in use": ([sys.executable, TRAIN, "experiment=tiny_lora_cpu", f"run_dir={busy}"], ROOT),
-            "convert: disk full": ([sys.executable, "-c", FULL_DISK, str(source), str(tmp_path / "n")], ROOT),
+            "convert: disk full": (
+                [sys.executable, "-c", FULL_DISK, str(source), str(tmp_path / "n"), "--model", "dit.num_heads=1"],
+                ROOT,
+            ),
         }
         results = run_all(cases)
     finally:

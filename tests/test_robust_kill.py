@@ -186,7 +186,7 @@ def kill_worker(folder: str, kills: int, seed: int) -> None:
 
     def convert(dest: Path):
         def run():
-            sys.argv = ["tools/convert.py", str(source), str(dest), "--dtype", "bf16"]
+            sys.argv = ["tools/convert.py", str(source), str(dest), "--dtype", "bf16", "--model", "dit.num_heads=1"]
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — the child dies with it
             runpy.run_path(str(ROOT / "tools" / "convert.py"), run_name="__main__")
 
@@ -265,8 +265,15 @@ def test_sigkill_mid_write_leaves_no_half_file_under_a_final_name(tmp_path):
                 assert is_leftover(p) or p.name == "config.yaml", p
         dest = tmp_path / f"real_convert_{i}"
         deadline = time.time() + 120
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "convert.py"), str(source), str(dest)], cwd=ROOT,
-                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        convert = [
+            sys.executable,
+            str(ROOT / "tools" / "convert.py"),
+            str(source),
+            str(dest),
+            "--model",
+            "dit.num_heads=1",
+        ]
+        proc = subprocess.Popen(convert, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and time.time() < deadline and not dest.exists():
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.2))

@@ -20,11 +20,14 @@ NO_CHECKPOINT = "tiny"  # the built-in name for "no weights": random weights of 
 INITS = ("auto", "random", "checkpoint")
 
 
-def resolve_init(checkpoint: str | None, init: str) -> str:
-    """``random`` or ``checkpoint``; a ValueError for an impossible pair."""
+def resolve_init(checkpoint: str | None, init: str, files: Mapping[str, Any] | None = None) -> str:
+    """``random`` or ``checkpoint``; a ValueError for an impossible pair. Per-component ``files`` naming every
+    component are weights even without a checkpoint."""
     if init not in INITS:
         raise ValueError(f"init={init!r} must be one of {INITS}")
-    has_weights = checkpoint not in (None, "", NO_CHECKPOINT)
+    has_weights = checkpoint not in (None, "", NO_CHECKPOINT) or set(NAMES) <= {
+        k for k, v in (files or {}).items() if v
+    }
     if init == "auto":
         return "checkpoint" if has_weights else "random"
     if init == "checkpoint" and not has_weights:
@@ -36,26 +39,29 @@ def open_model(
     checkpoint: str,
     overrides: Mapping[str, Any] | None = None,
     names: Sequence[str] = NAMES,
+    files: Mapping[str, str] | None = None,
     **hub: Any,
 ) -> tuple[dict[str, Source], Any]:
-    """The components ``names`` of ``checkpoint`` (headers only) with the ``model.*`` ``overrides``
-    (``{"dit.num_layers": 4}``) applied to their configs, each checked against its weights. Returns the
-    sources and the resolved :class:`~chronoedit.checkpoint.resolve.CheckpointInfo` (None for a single file)."""
+    """The components ``names`` of ``checkpoint`` (headers only; any layout, a folder of loose files, or None with
+    per-component ``files`` alone) with the ``model.*`` ``overrides`` (``{"dit.num_layers": 4}``) applied to their
+    configs, each checked against its weights; for single files the overrides also fill what the shapes cannot
+    tell (head counts). Returns the sources and the resolved
+    :class:`~chronoedit.checkpoint.resolve.CheckpointInfo` (None for a single file)."""
     from pathlib import Path
 
     from chronoedit.checkpoint.resolve import resolve_checkpoint
 
-    if Path(checkpoint).is_file():  # one component's file (e.g. a Wan-named DiT)
+    if checkpoint and Path(checkpoint).is_file() and not files:  # one component's file (e.g. a Wan-named DiT)
         if len(names) != 1:
             raise CheckpointError(f"{checkpoint}: a single file holds one component, {len(names)} are needed")
         info, paths = None, {names[0]: Path(checkpoint)}
     else:
-        info = resolve_checkpoint(checkpoint, components=names, **hub)
+        info = resolve_checkpoint(checkpoint, components=names, files=files, **hub)
         paths = info.components
     changes = split_overrides(overrides or {})
     sources = {}
     for name in names:
-        src = open_component(paths[name], name)
+        src = open_component(paths[name], name, hints=changes.get(name))
         if name in changes:
             src.config = override_config(src.config, name, changes[name])
             try:

@@ -5,17 +5,23 @@
   image_processor/, lora/); not the image encoder, whose unused last block native does not keep
 * one-file DiT (Wan / ComfyUI naming, any prefix, fp8 dequantised), VAE (Wan2.1_VAE.pth) or UMT5 encoder
   (models_t5_umt5-xxl-enc-bf16.pth) -> native
+* a folder of loose files (ComfyUI's set, recognised by their keys) and / or per-component files -> one complete
+  native folder: fp8 dequantised, an embedded tokenizer written out as ``tokenizer/spiece.model``, and the
+  released model's image processor and scheduler configs where the set ships none
 
 diffusers -> native -> diffusers gives back the same tensors bit for bit (without a dtype cast).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,15 +85,16 @@ def single_file_to_native(
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
     config: object = None,
+    hints: Mapping[str, Any] | None = None,
 ) -> Path:
     """A one-file DiT (Wan naming, any prefix, fp8 with scales dequantised), VAE (``Wan2.1_VAE.pth``) or UMT5
     encoder (``models_t5_umt5-xxl-enc-bf16.pth``) as a native checkpoint holding that component. ``config``
-    overrides the one inferred from the file."""
+    overrides the one inferred from the file; ``hints`` fill fields its shapes cannot tell (``{"num_heads": 12}``)."""
     check_output_folder(Path(dest), overwrite)
     if REGISTRY[component].single_file is None:
         raise ValueError(f"single-file conversion supports {[n for n, c in REGISTRY.items() if c.single_file]}, "
                          f"not {component!r}")  # fmt: skip
-    src = open_component(source, component, config)
+    src = open_component(source, component, config, hints)
     log.info("%s: %s", src.where, src.describe)
     return save_native(
         dest, {component: (src.config, src.tensors)}, dtype=dtype, fp8_scales={component: src.fp8_scales},
@@ -95,4 +102,61 @@ def single_file_to_native(
     )  # fmt: skip
 
 
-__all__ = ["diffusers_to_native", "native_to_diffusers", "single_file_to_native"]
+def loose_to_native(
+    source: str | os.PathLike | None,
+    dest: str | os.PathLike,
+    *,
+    files: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Any checkpoint (``source``: a loose folder, a diffusers / native folder, or None) with per-component
+    ``files`` replacing its parts, as one complete native folder. ``overrides``: ``model.*`` fields
+    (``{"dit.num_heads": 12}``), needed where a single file's shapes cannot tell them."""
+    from chronoedit.checkpoint.architecture import open_model
+    from chronoedit.checkpoint.encoders import embedded_tokenizer
+    from chronoedit.checkpoint.loose import released_image_processor
+
+    check_output_folder(Path(dest), overwrite)
+    sources, info = open_model(str(source or ""), overrides, files=files)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = dict(info.folders)
+        if "tokenizer" not in folders and info.embedded_tokenizer is not None:
+            (Path(tmp) / "tokenizer").mkdir()
+            (Path(tmp) / "tokenizer" / "spiece.model").write_bytes(embedded_tokenizer(info.embedded_tokenizer))
+            folders["tokenizer"] = Path(tmp) / "tokenizer"
+        if "image_processor" not in folders:
+            size = sources["image_encoder"].config.image_size
+            folders["image_processor"] = _json_folder(tmp, "image_processor", "preprocessor_config.json",
+                                                      {"image_processor_type": "CLIPImageProcessor",
+                                                       **released_image_processor(size)})  # fmt: skip
+        if "scheduler" not in folders:
+            folders["scheduler"] = _json_folder(tmp, "scheduler", "scheduler_config.json", _released_scheduler())
+        return save_native(
+            dest, {n: (s.config, s.tensors) for n, s in sources.items()}, dtype=dtype,
+            fp8_scales={n: s.fp8_scales for n, s in sources.items()}, folders=folders, loras=info.loras,
+            source=info.source, overwrite=overwrite,
+        )  # fmt: skip
+
+
+def _released_scheduler() -> dict[str, Any]:
+    """The released model's UniPC ``scheduler_config.json`` (what :data:`RELEASED_SAMPLER` is read from)."""
+    from chronoedit.checkpoint.loose import RELEASED_SAMPLER as S
+
+    return {
+        "_class_name": "UniPCMultistepScheduler", "prediction_type": "flow_prediction", "use_flow_sigmas": True,
+        "flow_shift": S["shift"], "solver_order": S["order"], "solver_type": S["solver_type"], "predict_x0": True,
+        "lower_order_final": S["lower_order_final"], "final_sigmas_type": "zero",
+        "num_train_timesteps": S["num_train_timesteps"],
+    }  # fmt: skip
+
+
+def _json_folder(tmp: str, name: str, file: str, content: dict[str, Any]) -> Path:
+    folder = Path(tmp) / name
+    folder.mkdir()
+    (folder / file).write_text(json.dumps(content, indent=2))
+    return folder
+
+
+__all__ = ["diffusers_to_native", "loose_to_native", "native_to_diffusers", "single_file_to_native"]

@@ -49,12 +49,15 @@ class Detected:
 def open_checkpoint(path: str | os.PathLike) -> dict[str, TensorLike]:
     """The tensors of a ``.safetensors`` file or folder (headers only), or of a pickle (``.pth``/``.pt``/
     ``.bin``/``.ckpt``) read by :func:`~chronoedit.checkpoint.pickle_io.load_pickled_tensors` (``torch.load`` with
-    ``weights_only=True``, memory-mapped) — never arbitrary objects."""
+    ``weights_only=True``, memory-mapped) — never arbitrary objects — or of a ``.gguf`` file (dequantised when read,
+    :mod:`~chronoedit.checkpoint.gguf_io`)."""
     path = Path(path)
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
         return load_pickled_tensors(path)
     if path.is_file() and path.suffix == ".gguf":
-        raise CheckpointError(f"{path}: GGUF files (llama.cpp / ComfyUI-GGUF quantisation) are not supported")
+        from chronoedit.checkpoint.gguf_io import open_gguf
+
+        return open_gguf(path)
     return open_safetensors(path)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from chronoedit.checkpoint.detect import detect, open_checkpoint
 from chronoedit.checkpoint.errors import CheckpointError
-from chronoedit.checkpoint.fp8 import AUX_SUFFIXES, FP8_DTYPES, Fp8Parts, dequantize, keep_fp8, split_fp8
+from chronoedit.checkpoint.fp8 import AUX_SUFFIXES, FP8_DTYPES, Fp8Parts, dequantizer, keep_fp8, split_fp8
 from chronoedit.checkpoint.keymap import KeyMap
 from chronoedit.checkpoint.keymaps.dit import DIFFUSERS_TO_OURS, WAN_PREFIXES
 from chronoedit.checkpoint.registry import Source, load, open_component
@@ -30,21 +30,23 @@ log = logging.getLogger(__name__)
 # Our names are Wan's: the identity on every key our DiT has (patterns from the diffusers map's targets).
 WAN_TO_OURS = KeyMap([(dst, dst) for _, dst in DIFFUSERS_TO_OURS.rules])
 DIT_NAMINGS = {"diffusers": DIFFUSERS_TO_OURS, "wan": WAN_TO_OURS}
-WAN_HEAD_DIM = 128  # every released Wan 2.1 model (1.3B: 12 × 128, 14B: 40 × 128)
+# The head count is not in the shapes. Released Wan 2.1 widths have head dim 128 (1.3B: 1536 = 12 × 128, 14B:
+# 5120 = 40 × 128); any other width is ambiguous (e.g. 2048 could be 16 × 128 or 32 × 64) and needs the override.
+RELEASED_HEADS = {1536: 12, 5120: 40}
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
-def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], *, head_dim: int = WAN_HEAD_DIM) -> DiTConfig:
+def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], *, num_heads: int | None = None) -> DiTConfig:
     """A :class:`DiTConfig` read off the tensor shapes of a Wan-named DiT (single files carry no config).
 
-    The head count is not in the shapes: ``dim / head_dim`` with Wan's head dim 128 unless told otherwise.
+    The head count is not in the shapes: ``num_heads`` if given, else that of the released Wan width
+    (:data:`RELEASED_HEADS`); any other width is a CheckpointError naming the override ``model.dit.num_heads``.
     """
     try:
         dim, in_channels, *patch = shapes["patch_embedding.weight"]
         head_out = shapes["head.head.weight"][0]
         cfg = dict(
             dim=dim,
-            num_heads=dim // head_dim,
             num_layers=1 + max(int(m.group(1)) for k in shapes if (m := _BLOCK.match(k))),
             ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
             in_channels=in_channels,
@@ -58,14 +60,21 @@ def config_from_shapes(shapes: Mapping[str, tuple[int, ...]], *, head_dim: int =
         )
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"cannot infer the DiT config from the tensor shapes (missing {e})") from e
-    if dim % head_dim:
-        raise CheckpointError(f"DiT width {dim} is not a multiple of head_dim={head_dim}; pass config=")
-    return DiTConfig(**cfg)
+    heads = num_heads or RELEASED_HEADS.get(dim)
+    if heads is None:
+        raise CheckpointError(
+            f"the head count of a width-{dim} DiT is not in its shapes (known: {RELEASED_HEADS}); "
+            "pass model.dit.num_heads=<heads>"
+        )
+    if dim % heads:
+        raise CheckpointError(f"DiT width {dim} is not a multiple of num_heads={heads}")
+    return DiTConfig(**cfg, num_heads=heads)
 
 
-def read_single_dit(path: Path, config: DiTConfig | None = None) -> Source:
+def read_single_dit(path: Path, config: DiTConfig | None = None, hints: Mapping | None = None) -> Source:
     """A one-file DiT in the original Wan naming (ComfyUI / Kijai repacks: any prefix) or diffusers naming,
-    fp32/fp16/bf16 or fp8 with scales. Single files carry no config: ``config``, else read off the shapes."""
+    fp32/fp16/bf16 or fp8 with scales, or GGUF. Single files carry no config: ``config``, else read off the
+    shapes (``hints``: config fields the shapes cannot tell, e.g. ``{"num_heads": 12}``)."""
     tensors = open_checkpoint(path)
     what = f"{path} (DiT)"
     fmt = detect(tensors, DIT_NAMINGS, prefixes=WAN_PREFIXES, aux=AUX_SUFFIXES, what=what)
@@ -75,21 +84,16 @@ def read_single_dit(path: Path, config: DiTConfig | None = None) -> Source:
     parts = Fp8Parts(naming.convert(parts.params, what), naming.convert(parts.scales, what))
     if config is None:
         try:
-            config = config_from_shapes({k: tuple(v.shape) for k, v in parts.params.items()})
+            shapes = {k: tuple(v.shape) for k, v in parts.params.items()}
+            config = config_from_shapes(shapes, num_heads=(hints or {}).get("num_heads"))
         except CheckpointError as e:
             raise CheckpointError(f"{what}: {e}") from e
-    src = Source("dit", path, config, parts.params, fp8_scales=parts.scales, describe=fmt.describe())
+    describe = fmt.describe() + (", GGUF (dequantised on load)" if path.suffix == ".gguf" else "")
+    src = Source("dit", path, config, parts.params, fp8_scales=parts.scales, describe=describe)
     if fmt.fp8:
-        src.convert = _dequantizer(parts, kept=set())
+        src.convert = dequantizer(parts)
         src.prepare = _keep_fp8_linears
     return src
-
-
-def _dequantizer(parts: Fp8Parts, kept: set[str]):
-    def convert(name: str, t: torch.Tensor) -> torch.Tensor:
-        return dequantize(t, parts.scale_of(name)) if t.dtype in FP8_DTYPES and name not in kept else t
-
-    return convert
 
 
 def _keep_fp8_linears(model: nn.Module, src: Source):
@@ -100,7 +104,7 @@ def _keep_fp8_linears(model: nn.Module, src: Source):
     kept = {f"{n}.weight" for n in keep_fp8(model, linears, parts)}
     log.info("%s: %d block linears kept in fp8", src.where, len(kept))
     src.tensors = parts.params  # now with the kept layers' scale_weight entries
-    return _dequantizer(parts, kept)
+    return dequantizer(parts, kept)
 
 
 def inspect_dit(path: str | os.PathLike, config: DiTConfig | None = None) -> Source:
@@ -123,4 +127,12 @@ def load_dit(
     return load(inspect_dit(path, config), dtype=dtype, device=device, fp8=fp8)
 
 
-__all__ = ["DIT_NAMINGS", "WAN_TO_OURS", "config_from_shapes", "inspect_dit", "load_dit", "read_single_dit"]
+__all__ = [
+    "DIT_NAMINGS",
+    "RELEASED_HEADS",
+    "WAN_TO_OURS",
+    "config_from_shapes",
+    "inspect_dit",
+    "load_dit",
+    "read_single_dit",
+]

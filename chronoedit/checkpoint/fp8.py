@@ -113,6 +113,17 @@ def dequantize(weight: Tensor, scale: Tensor | None) -> Tensor:
     return w if scale is None else w * _broadcastable(scale.to(torch.float32), w)
 
 
+def dequantizer(parts: Fp8Parts, kept: Iterable[str] = ()):
+    """``convert(name, tensor)`` for :func:`~chronoedit.checkpoint.load.load_into`: each fp8 weight × its scale,
+    but for the names in ``kept`` (layers that stay fp8 in memory)."""
+    kept = set(kept)
+
+    def convert(name: str, t: Tensor) -> Tensor:
+        return dequantize(t, parts.scale_of(name)) if t.dtype in FP8_DTYPES and name not in kept else t
+
+    return convert
+
+
 def quantize(weight: Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[Tensor, Tensor]:
     """(fp8 weight, fp32 per-tensor scale) with ``amax`` mapped to the fp8 maximum (as ComfyUI's tools do)."""
     amax = weight.detach().abs().max().float().clamp_min(1e-12)
@@ -164,4 +175,6 @@ def keep_fp8(model: nn.Module, layers: Iterable[str], parts: Fp8Parts) -> list[s
     return swapped
 
 
-__all__ = ["AUX_SUFFIXES", "FP8Linear", "Fp8Parts", "dequantize", "keep_fp8", "quantize", "split_fp8"]
+__all__ = [
+    "AUX_SUFFIXES", "FP8Linear", "Fp8Parts", "dequantize", "dequantizer", "keep_fp8", "quantize", "split_fp8",
+]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,42 @@ from torch import Tensor, nn
 from chronoedit.checkpoint.errors import CheckpointError, name_some
 from chronoedit.checkpoint.safetensors_io import SafetensorsFile, TensorInfo, read_tensor, scratch_buffer
 
-# A lazily readable tensor: a TensorInfo (read from disk on demand) or a tensor already in memory.
-TensorLike = TensorInfo | Tensor
+
+@dataclass(frozen=True)
+class Derived:
+    """A tensor computed on read from another lazily readable one (a third of a fused q/k/v projection, a
+    reshape): ``shape`` is known up front, so key and shape checks need no read."""
+
+    source: TensorInfo | Tensor | Derived
+    shape: tuple[int, ...]
+    fn: Callable[[Tensor], Tensor]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.source.dtype
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor that a reader produces on demand (e.g. a GGUF tensor, dequantised when read)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    read: Callable[[], Tensor]
+
+
+# A lazily readable tensor: a TensorInfo (read from disk on demand), a Derived or LazyTensor, or one in memory.
+TensorLike = TensorInfo | Derived | LazyTensor | Tensor
+
+
+def rows(t: TensorLike, start: int, stop: int) -> Derived:
+    """Rows ``[start, stop)`` of ``t`` (e.g. q, k or v of a fused in-projection), read lazily."""
+    return Derived(t, (stop - start, *tuple(t.shape)[1:]), lambda x: x[start:stop].clone())
+
+
+def reshaped(t: TensorLike, shape: tuple[int, ...]) -> Derived:
+    """``t`` read lazily in ``shape`` (same number of elements)."""
+    return Derived(t, tuple(shape), lambda x: x.reshape(shape))
 
 
 def open_safetensors(path: str | os.PathLike) -> dict[str, TensorInfo]:
@@ -64,6 +99,9 @@ def materialize(t: TensorLike, dtype: torch.dtype | None = None, scratch: Tensor
     """The tensor itself: read from disk if needed, cast to ``dtype`` (chunk by chunk when reading)."""
     if isinstance(t, TensorInfo):
         return read_tensor(t, dtype, scratch)
+    if isinstance(t, (Derived, LazyTensor)):
+        out = t.fn(materialize(t.source)) if isinstance(t, Derived) else t.read()
+        return out if dtype is None else out.to(dtype)
     return t if dtype is None else t.to(dtype)
 
 

@@ -7,7 +7,8 @@
     image_encoder  CLIPVisionConfig / CLIPVisionTower image_encoder/    keymaps/clip.py (last block dropped)
 
 :func:`open_component` finds a component's tensors (headers only) and config in any layout — a diffusers pipeline
-or component folder, a native folder or file, or a single file in the component's own formats — and
+or component folder, a native folder or file, or a single file in the component's own formats (``single_file``:
+dit.py, vae.py, encoders.py; a folder of loose single files is :mod:`chronoedit.checkpoint.loose`'s) — and
 :func:`load` builds the model on ``meta`` and fills it strictly, one tensor at a time (fp32 islands kept,
 fp8 dequantised or kept through the source's hooks).
 """
@@ -74,7 +75,8 @@ class Component:
     config_to_diffusers: Callable[[Any], dict[str, Any]] | None
     diffusers_keys: Callable[[Any], KeyMap]  # our config -> map from the diffusers/transformers names to ours
     prepare_diffusers: Callable[[Mapping[str, TensorLike]], dict[str, TensorLike]] = dict
-    single_file: Callable[[Path, Any], Source] | None = None  # the component's own one-file formats
+    # the component's own one-file formats: (path, config or None, hints: config fields shapes cannot tell)
+    single_file: Callable[[Path, Any, Mapping[str, Any]], Source] | None = None
     needs: tuple[str, ...] = ()  # pipeline folders that come with it (its tokenizer / preprocessing)
 
     @property
@@ -86,22 +88,28 @@ def _umt5_to_transformers(cfg: UMT5Config) -> dict[str, Any]:
     return {"architectures": ["UMT5EncoderModel"], "model_type": "umt5", **umt5_keys.config_to_transformers(cfg)}
 
 
-def _single_dit(path: Path, config: Any) -> Source:
+def _single_dit(path: Path, config: Any, hints: Mapping[str, Any]) -> Source:
     from chronoedit.checkpoint.dit import read_single_dit
 
-    return read_single_dit(path, config)
+    return read_single_dit(path, config, hints)
 
 
-def _single_vae(path: Path, config: Any) -> Source:
+def _single_vae(path: Path, config: Any, hints: Mapping[str, Any]) -> Source:
     from chronoedit.checkpoint.vae import read_single_vae
 
-    return read_single_vae(path, config)
+    return read_single_vae(path, config, hints)
 
 
-def _single_umt5(path: Path, config: Any) -> Source:
+def _single_umt5(path: Path, config: Any, hints: Mapping[str, Any]) -> Source:
     from chronoedit.checkpoint.encoders import read_single_umt5
 
-    return read_single_umt5(path, config)
+    return read_single_umt5(path, config, hints)
+
+
+def _single_clip(path: Path, config: Any, hints: Mapping[str, Any]) -> Source:
+    from chronoedit.checkpoint.encoders import read_single_clip
+
+    return read_single_clip(path, config, hints)
 
 
 COMPONENTS: dict[str, Component] = {
@@ -126,7 +134,7 @@ COMPONENTS: dict[str, Component] = {
             # native keeps only the blocks the tower runs, so it cannot be written back (no config_to_diffusers)
             "image_encoder", CLIPVisionConfig, CLIPVisionTower, "image_encoder", None, None,
             clip_keys.config_from_transformers, None, lambda cfg: clip_keys.transformers_to_ours(cfg.num_layers),
-            prepare_diffusers=clip_keys.with_prefix, needs=("image_processor",),
+            prepare_diffusers=clip_keys.with_prefix, single_file=_single_clip, needs=("image_processor",),
         ),
     )
 }  # fmt: skip
@@ -202,9 +210,12 @@ def write_diffusers(
 # ---------------------------------------------------------------------------------------------- any layout
 
 
-def open_component(path: str | os.PathLike, name: str, config: Any = None) -> Source:
+def open_component(
+    path: str | os.PathLike, name: str, config: Any = None, hints: Mapping[str, Any] | None = None
+) -> Source:
     """Component ``name`` at ``path`` in any layout (headers only). ``config`` replaces the one found in (or read
-    off the shapes of) the checkpoint."""
+    off the shapes of) the checkpoint; ``hints`` (config fields, e.g. the ``model.*`` overrides) fill what a
+    single file's shapes cannot tell (head counts)."""
     from chronoedit.checkpoint.native import file_config, native_source
 
     comp, path = component(name), Path(path)
@@ -220,7 +231,7 @@ def open_component(path: str | os.PathLike, name: str, config: Any = None) -> So
         raise CheckpointError(f"{path}: no such {name} checkpoint")
     if comp.single_file is None:
         raise CheckpointError(f"{path}: the {name} cannot be read from a single file (pass its folder)")
-    return comp.single_file(path, config)
+    return comp.single_file(path, config, dict(hints or {}))
 
 
 def check_fit(src: Source) -> None:

@@ -1,7 +1,8 @@
-"""Where a checkpoint's parts are: a local folder (diffusers layout or native), or a Hub repo id fetched with
-``huggingface_hub.snapshot_download`` — only the files the wanted components need, through the Hub cache, and
-from the cache alone when offline (``HF_HUB_OFFLINE=1``, as huggingface_hub itself reads it) or when
-``local_files_only``.
+"""Where a checkpoint's parts are: a local folder (diffusers layout, native, or loose files recognised by their
+keys — :mod:`chronoedit.checkpoint.loose`), or a Hub repo id fetched with ``huggingface_hub.snapshot_download`` —
+only the files the wanted components need, through the Hub cache, and from the cache alone when offline
+(``HF_HUB_OFFLINE=1``, as huggingface_hub itself reads it) or when ``local_files_only``. Per-component ``files``
+(``{"dit": FILE, "tokenizer": FOLDER}``) replace what the checkpoint holds, or make up a checkpoint on their own.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chronoedit.checkpoint.errors import CheckpointError
+from chronoedit.checkpoint.loose import RELEASED_SAMPLER, check_overrides, scan_folder
 from chronoedit.checkpoint.native import COMPONENTS, INDEX, NativeCheckpoint, load_native_config
 from chronoedit.checkpoint.registry import COMPONENTS as REGISTRY
 from chronoedit.checkpoint.scheduler import sampler_defaults
@@ -45,13 +47,15 @@ class CheckpointInfo:
     ``load_text_encoder``, ``load_image_encoder``; the folders to ``Tokenizer.from_folder`` /
     ``ImagePreprocessor.from_folder``; ``sampler()`` gives the scheduler's defaults."""
 
-    kind: str  # "diffusers" or "native"
+    kind: str  # "diffusers", "native", "loose" (a folder of files) or "files" (per-component files only)
     root: Path
     source: str  # what was asked for: a path or a Hub repo id
     components: dict[str, Path] = field(default_factory=dict)  # "dit" / "vae" / ... -> folder or file
     folders: dict[str, Path] = field(default_factory=dict)  # "tokenizer" / "image_processor" / "scheduler"
     loras: list[Path] = field(default_factory=list)  # LoRA files shipped with the checkpoint (e.g. distill)
     native: NativeCheckpoint | None = None
+    embedded_tokenizer: Path | None = None  # the text encoder file holding the tokenizer (no tokenizer folder)
+    defaults: list[str] = field(default_factory=list)  # what comes from the released model's built-in defaults
 
     @property
     def dit(self) -> Path | None:
@@ -78,8 +82,11 @@ class CheckpointInfo:
         return self.folders.get("image_processor")
 
     def sampler(self) -> dict[str, Any] | None:
-        """The scheduler config's sampler defaults (see :func:`sampler_defaults`); None without a scheduler."""
-        return sampler_defaults(self.folders["scheduler"]) if "scheduler" in self.folders else None
+        """The scheduler config's sampler defaults (see :func:`sampler_defaults`); the released model's for loose
+        files; None for another checkpoint without a scheduler."""
+        if "scheduler" in self.folders:
+            return sampler_defaults(self.folders["scheduler"])
+        return dict(RELEASED_SAMPLER) if self.kind in ("loose", "files") else None
 
 
 def _diffusers_info(root: Path, source: str, wanted: Sequence[str]) -> CheckpointInfo:
@@ -121,6 +128,44 @@ def _native_info(root: Path, source: str, wanted: Sequence[str]) -> CheckpointIn
     return info
 
 
+def _loose_info(root: Path | None, source: str, wanted: Sequence[str]) -> CheckpointInfo:
+    info = CheckpointInfo("loose" if root is not None else "files", root or Path(), source)
+    if root is not None:
+        found, info.loras = scan_folder(root)
+        info.components = {n: p for n, p in found.items() if n in wanted}
+        for extra in EXTRA_FOLDERS:
+            if (root / extra).is_dir():
+                info.folders[extra] = root / extra
+    return info
+
+
+def _complete(info: CheckpointInfo, wanted: Sequence[str]) -> None:
+    """Every wanted component found, the tokenizer located, the built-in defaults noted (before any read)."""
+    from chronoedit.checkpoint.encoders import SPIECE_KEY
+    from chronoedit.checkpoint.safetensors_io import SafetensorsFile
+
+    where = info.root if info.kind == "loose" else "components"
+    missing = [n for n in wanted if n not in info.components]
+    if missing:
+        raise CheckpointError(
+            f"{where}: no {', '.join(missing)} file among the given files; pass "
+            + " ".join(f"components.{n}=<file>" for n in missing)
+        )
+    te = info.components.get("text_encoder")
+    if te is not None and "tokenizer" not in info.folders:
+        if te.is_file() and te.suffix == ".safetensors" and SPIECE_KEY in SafetensorsFile(te):
+            info.embedded_tokenizer = te
+        else:
+            raise CheckpointError(
+                f"{te}: no tokenizer embedded ({SPIECE_KEY}) and none given; pass components.tokenizer=<folder with "
+                "tokenizer.json or spiece.model> (the released model's tokenizer/)"
+            )
+    if "image_encoder" in wanted and "image_processor" not in info.folders:
+        info.defaults.append("CLIP image preprocessing")
+    if "scheduler" not in info.folders and info.kind in ("loose", "files"):
+        info.defaults.append(f"UniPC scheduler (shift {RELEASED_SAMPLER['shift']})")
+
+
 def _download(repo_id: str, patterns: list[str], **kwargs: Any) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -140,12 +185,54 @@ def resolve_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
+    files: Mapping[str, str | os.PathLike] | None = None,
 ) -> CheckpointInfo:
-    """Resolve ``source`` (a local folder or an ``org/name`` Hub id) to a :class:`CheckpointInfo` with the
-    ``components`` asked for (and ``loras`` shipped in ``lora/`` if asked). Missing parts raise naming them."""
+    """Resolve ``source`` (a local folder or an ``org/name`` Hub id; None or "" with ``files`` alone) to a
+    :class:`CheckpointInfo` with the ``components`` asked for (and ``loras`` shipped in ``lora/`` if asked), the
+    per-component ``files`` (component or extra folder -> path) replacing the checkpoint's. Missing parts raise
+    naming them."""
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown:
         raise ValueError(f"unknown components {unknown}; known: {COMPONENTS}")
+    given = check_overrides(files or {}, (*COMPONENTS, "tokenizer", "image_processor"))
+    from_source = [c for c in components if c not in given]
+    if not source:
+        info = _loose_info(None, "", components)
+        _override(info, given, components)
+        _complete(info, components)
+        return info
+    info = _resolve_source(source, from_source, loras, cache_dir, revision, local_files_only)
+    if info.kind == "diffusers" and given:  # a replaced component still uses the pipeline's extra folders
+        for extra in EXTRA_FOLDERS:
+            if (info.root / extra).is_dir():
+                info.folders.setdefault(extra, info.root / extra)
+    _override(info, given, components)
+    if info.kind == "loose" or given:
+        _complete(info, components)
+    return info
+
+
+def _override(info: CheckpointInfo, given: Mapping[str, Path], components: Sequence[str]) -> None:
+    for name, path in given.items():
+        if name in COMPONENTS:
+            if name in components:
+                info.components[name] = path
+        else:
+            info.folders[name] = path
+    if given:
+        info.source = f"{info.source}{' + ' if info.source else ''}" + ", ".join(
+            f"components.{k}={v}" for k, v in given.items()
+        )
+
+
+def _resolve_source(
+    source: str | os.PathLike,
+    components: Sequence[str],
+    loras: bool,
+    cache_dir: str | os.PathLike | None,
+    revision: str | None,
+    local_files_only: bool,
+) -> CheckpointInfo:
     path = Path(source)
     if not path.exists():
         if str(source).count("/") != 1 or str(source).startswith(("/", ".")):
@@ -164,8 +251,10 @@ def resolve_checkpoint(
         info = _diffusers_info(path, str(source), components)
     elif (path / INDEX).is_file():
         info = _native_info(path, str(source), components)
+    elif path.is_dir():
+        info = _loose_info(path, str(source), components)
     else:
-        raise CheckpointError(f"{path}: neither a diffusers pipeline folder ({MODEL_INDEX}) nor a native one ({INDEX})")
+        raise CheckpointError(f"{path}: not a folder (a diffusers pipeline, a native checkpoint or loose files)")
     if not loras:
         info.loras = []
     return info

@@ -208,8 +208,8 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None, scratch: Ten
         need = min(step, flat.numel()) * info.dtype.itemsize
         if scratch is None:
             scratch = torch.empty(need, dtype=torch.uint8)
-        elif scratch.numel() < need:  # too small for this cast: a buffer of its own (numpy-shared storage
-            scratch = torch.empty(need, dtype=torch.uint8)  # cannot be resized in place)
+        elif scratch.numel() < need:  # the caller's buffer grows (a new storage, kept for the next tensors too)
+            scratch.set_(torch.empty(need, dtype=torch.uint8).untyped_storage())
         for lo in range(0, flat.numel(), step):
             n = min(step, flat.numel() - lo)
             piece = scratch[: n * info.dtype.itemsize].view(info.dtype)

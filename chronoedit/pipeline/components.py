@@ -89,6 +89,25 @@ def save_image_processor(components: Components, folder: Path) -> Path:
     return out
 
 
+def _tokenizer(info) -> Tokenizer:
+    from chronoedit.checkpoint.encoders import embedded_tokenizer
+    from chronoedit.models.text import Tokenizer
+
+    if info.tokenizer is not None:
+        return Tokenizer.from_folder(info.tokenizer)
+    where = info.embedded_tokenizer
+    return Tokenizer.from_sentencepiece(embedded_tokenizer(where), what=f"{where} (embedded tokenizer)")
+
+
+def _image_processor(info, clip_config) -> ImagePreprocessor:
+    from chronoedit.checkpoint.loose import released_image_processor
+    from chronoedit.models.clip import ImagePreprocessor
+
+    if info.image_processor is not None:
+        return ImagePreprocessor.from_folder(info.image_processor)
+    return ImagePreprocessor.from_config(released_image_processor(clip_config.image_size))
+
+
 def tiny_components(seed: int = 0) -> Components:
     """The tiny demo model: :func:`random_components` of the tiny preset."""
     return random_components(MODEL_PRESETS["tiny"], seed)
@@ -103,30 +122,40 @@ def load_components(
     init: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     seed: int = 0,
+    files: Mapping[str, str] | None = None,
 ) -> Components:
     """Every component of an edit. ``init`` (see :mod:`chronoedit.checkpoint.architecture`): ``random`` builds
     ``model`` with weights from ``seed``; ``checkpoint`` loads ``checkpoint`` (a diffusers-layout or native folder,
-    or an ``org/name`` Hub id) with the ``model.*`` ``overrides`` applied, strictly; ``auto`` picks. The DiT,
-    UMT5 and the VAE load in ``dtype`` (fp32 islands kept), the CLIP tower in fp32, each directly on ``device``."""
-    if resolve_init(checkpoint, init) == "random":
+    a folder of loose files recognised by their keys, or an ``org/name`` Hub id) with the ``model.*``
+    ``overrides`` applied, strictly; ``auto`` picks. ``files`` (``components.*``: component or ``tokenizer`` /
+    ``image_processor`` -> path) replace the checkpoint's parts; what a loose set does not ship comes from the
+    released model's built-in defaults (named in ``source``). The DiT, UMT5 and the VAE load in ``dtype`` (fp32
+    islands kept), the CLIP tower in fp32, each directly on ``device``."""
+    files = {k: v for k, v in (files or {}).items() if v}
+    if resolve_init(checkpoint, init, files) == "random":
         return random_components(model, seed)
-    from chronoedit.checkpoint.architecture import open_model
+    from chronoedit.checkpoint.architecture import NO_CHECKPOINT, open_model
     from chronoedit.checkpoint.registry import load
-    from chronoedit.models.clip import ImagePreprocessor
-    from chronoedit.models.text import Tokenizer
     from chronoedit.sampling import SamplerConfig
 
-    sources, info = open_model(checkpoint, overrides)  # every override checked before any weight is read
+    if checkpoint == NO_CHECKPOINT:
+        checkpoint = ""  # components.* name every component
+    sources, info = open_model(checkpoint, overrides, files=files)  # every override checked before any read
     dtypes = {"image_encoder": torch.float32}
     models = {name: load(src, dtype=dtypes.get(name, dtype), device=device) for name, src in sources.items()}
     defaults = info.sampler()
     distill = [p for p in info.loras if "distill" in p.name]
+    where = f"{info.kind} layout at {info.root}" if info.kind != "files" else "per-component files"
+    if info.defaults:
+        where += "; built-in defaults of the released model: " + ", ".join(info.defaults)
+    if info.embedded_tokenizer is not None:
+        where += f"; tokenizer embedded in {info.embedded_tokenizer.name}"
     return Components(
         **models,
-        tokenizer=Tokenizer.from_folder(info.tokenizer),
-        image_processor=ImagePreprocessor.from_folder(info.image_processor),
+        tokenizer=_tokenizer(info),
+        image_processor=_image_processor(info, sources["image_encoder"].config),
         default_sampler=SamplerConfig(**defaults) if defaults else None,
-        source=f"{checkpoint} ({info.kind} layout at {info.root})",
+        source=f"{info.source or checkpoint} ({where})",
         extras={"distill_lora": str(distill[0])} if distill else {},
         spec=ModelSpec(**{name: src.config for name, src in sources.items()}),
     )

@@ -21,8 +21,9 @@ import yaml
 from chronoedit.checkpoint.architecture import NO_CHECKPOINT, resolve_init
 from chronoedit.checkpoint.safetensors_io import save_file
 from chronoedit.files import claim_output_dir, read_jsonl, write_text
+from chronoedit.parallel.config import check_parallel, launched_rank, launched_world_size
 from chronoedit.pipeline.components import Components, load_components
-from chronoedit.pipeline.config import EditConfig
+from chronoedit.pipeline.config import EditConfig, lora_spec
 from chronoedit.pipeline.images import load_image, save_frames, save_mp4, save_png, save_webp
 from chronoedit.pipeline.pipeline import EditPipeline, EditRequest, EditResult
 from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA
@@ -102,10 +103,16 @@ def check_inputs(cfg: EditConfig, out: Path) -> tuple[list[Job], torch.device, t
             raise ValueError(f"LoRA file not found: {spec.path}")
     if cfg.checkpoint != NO_CHECKPOINT and not (Path(cfg.checkpoint).exists() or cfg.checkpoint.count("/") == 1):
         raise ValueError(f"checkpoint {cfg.checkpoint!r} is neither 'tiny', an existing folder nor a Hub repo id")
-    resolve_init(cfg.checkpoint, cfg.init)
+    files = cfg.components.given()
+    absent = [f"components.{k}={v}" for k, v in files.items() if not Path(v).exists()]
+    if absent:
+        raise ValueError(f"no such file or folder: {', '.join(absent)}")
+    random = resolve_init(cfg.checkpoint, cfg.init, files) == "random"  # else the heads are checked once loaded
+    check_parallel(cfg.parallel, launched_world_size(), cfg.model.dit.num_heads if random else None)
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype, device)
-    check_output_dir(out, cfg.overwrite)  # last: it creates (and locks) the folder
+    if launched_rank() == 0:  # (torchrun: rank 0 owns the folder)
+        check_output_dir(out, cfg.overwrite)  # last: it creates (and locks) the folder
     return jobs, device, dtype
 
 
@@ -115,7 +122,7 @@ def apply_loras(components: Components, cfg: EditConfig) -> list[str]:
     from chronoedit.lora.formats import read_lora
 
     applied, fused = [], []
-    for i, spec in enumerate(cfg.lora):
+    for i, spec in enumerate(map(lora_spec, cfg.lora)):  # bare paths too (EditConfig normalises them already)
         path = components.extras.get("distill_lora") if spec.path == "distill" else spec.path
         if path is None:
             raise ValueError(
@@ -173,13 +180,20 @@ def build_pipeline(
 ) -> EditPipeline:
     """The models of ``cfg`` loaded (``model_overrides``: the ``model.*`` fields given explicitly, which replace a
     checkpoint's own), LoRAs applied, runtime settings installed, wrapped in an :class:`EditPipeline`."""
+    from chronoedit.parallel.apply import join_processes, parallelize_pipeline
     from chronoedit.parallelize import apply_attention, apply_compile
 
     rt = cfg.runtime
-    device = device or resolve_device(rt.device)
+    device = join_processes(cfg.parallel, device or resolve_device(rt.device))  # torchrun: this rank's device
     dtype = dtype or resolve_dtype(rt.dtype, device)
     components = load_components(
-        cfg.checkpoint, dtype=dtype, model=cfg.model, init=cfg.init, overrides=model_overrides, seed=cfg.init_seed
+        cfg.checkpoint,
+        dtype=dtype,
+        model=cfg.model,
+        init=cfg.init,
+        overrides=model_overrides,
+        seed=cfg.init_seed,
+        files=cfg.components.given(),
     )
     print(f"checkpoint: {components.source}")
     if components.random_weights:
@@ -193,27 +207,42 @@ def build_pipeline(
     apply_attention(components.image_encoder, rt.attention)
     if rt.compile:
         apply_compile(components.dit)
-    return EditPipeline(
-        components, device=device, dtype=dtype, offload=rt.offload, cfg_batched=rt.cfg_batched, tiling=rt.vae
+    pipe = EditPipeline(
+        components,
+        device=device,
+        dtype=dtype,
+        offload=rt.offload,
+        cfg_batched=rt.cfg_batched,
+        tiling=rt.vae,
+        context_cache=rt.context_cache,
     )
+    return parallelize_pipeline(pipe, cfg.parallel)  # one process: unchanged
 
 
 def run(cfg: EditConfig, out: Path, model_overrides: Mapping[str, Any] | None = None) -> dict:
     """Run the job; returns a summary (also written as summary.json). ``model_overrides``: see
     :func:`build_pipeline`."""
+    from chronoedit.parallel.apply import leave_processes, mesh_of
+
     jobs, device, dtype = check_inputs(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
+    if launched_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
     pipe = build_pipeline(cfg, device, dtype, model_overrides)
+    mesh = mesh_of(pipe)  # torchrun: each dp group runs every dp-th edit; one rank of it writes the outputs
     summaries = []
-    for job in jobs:
+    for job in jobs[mesh.dp_rank :: mesh.sizes.dp]:
         result = pipe(job.request, cfg.sampler)
+        if not mesh.writes_outputs:
+            summaries.append({"total_seconds": sum(s.seconds for s in result.profile.stages)})
+            continue
         summary = write_outputs(result, out / job.name if job.name else out, cfg, job.request)
         summaries.append(summary)
         where = out / job.name if job.name else out
         print(f"{where / 'edit.png'}  ({result.width}x{result.height}, {len(result.frames)} frames)")
         print(result.profile.table())
+    leave_processes()  # torchrun: wait for every rank, then leave the process group
     total = {"total_seconds": sum(s["total_seconds"] for s in summaries), "edits": len(summaries)}
-    if cfg.batch:
+    if cfg.batch and launched_rank() == 0:
         (out / "summary.json").write_text(json.dumps({**total, "runs": summaries}, indent=2))
     return summaries[0] if len(summaries) == 1 else total

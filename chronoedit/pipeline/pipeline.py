@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from chronoedit.models.dit import ContextCache
 from chronoedit.models.precision import cast_model
 from chronoedit.models.vae import VAETiling
 from chronoedit.pipeline.components import Components
@@ -100,7 +101,8 @@ class EditPipeline:
     ``dtype`` is the storage/compute dtype of the DiT, UMT5 and the VAE (bf16 on GPU, as the release scripts);
     the CLIP tower runs in fp32 (as they do). With ``offload`` every module lives on the CPU and visits
     ``device`` only for its stage. ``cfg_batched`` runs the conditional and unconditional DiT passes as one
-    doubled batch. ``tiling``: how the VAE runs (tiles / strips; default untiled).
+    doubled batch. ``tiling``: how the VAE runs (tiles / strips; default untiled). ``context_cache``: exact reuse
+    of the context's K/V and the RoPE table across steps (same numbers; off: recompute them at every call).
     """
 
     def __init__(
@@ -112,13 +114,14 @@ class EditPipeline:
         offload: bool = False,
         cfg_batched: bool = False,
         tiling: VAETiling | None = None,
+        context_cache: bool = True,
         progress: bool = True,
     ) -> None:
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload, self.cfg_batched, self.progress = offload, cfg_batched, progress
-        self.tiling = tiling
+        self.tiling, self.context_cache = tiling, context_cache
         home = torch.device("cpu") if offload else self.device
         for module, dt in self._modules():
             cast_model(module.to(device=home).eval(), dt)
@@ -189,14 +192,26 @@ class EditPipeline:
     def velocity(self, condition: Tensor, keep: Sequence[int], text: Text, clip: Tensor, scale: float) -> VelocityFn:
         """The guided velocity v(x, t) (B, 16, T, h, w): the DiT on [x, condition] with the guidance of
         :mod:`chronoedit.sampling.guidance` (none at ``scale ≤ 1``). After the reasoning drop x has fewer frames
-        than ``condition``: its frames ``keep`` are used."""
+        than ``condition``: its frames ``keep`` are used.
+
+        Exact reuse for the edit (``context_cache``): every block's cross-attention K/V of each prompt (both CFG
+        branches) and the RoPE table are computed once (:class:`~chronoedit.models.dit.ContextCache`, dropped
+        with this closure), and the DiT input [x, condition] is one buffer per shape whose condition half is
+        written once."""
         dit, kept = self.c.dit, condition[:, :, list(keep)]
+        cache = ContextCache() if self.context_cache else None
+        inputs: dict[tuple[int, ...], Tensor] = {}  # (B, 16 + 20, T, h, w) per shape, condition part filled
 
         def model(x: Tensor, t: Tensor, context: Tensor, lens: Tensor) -> Tensor:
-            cond = condition if condition.shape[2] == x.shape[2] else kept
-            b = x.shape[0]
-            inp = torch.cat([x, cond.expand(b, -1, -1, -1, -1)], dim=1).to(self.dtype)
-            return dit(inp, t.expand(b), context, clip.expand(b, -1, -1), lens).float()
+            b, c = x.shape[0], x.shape[1]
+            inp = inputs.get(tuple(x.shape))
+            if inp is None:
+                cond = condition if condition.shape[2] == x.shape[2] else kept
+                inp = torch.cat([x, cond.expand(b, -1, -1, -1, -1)], dim=1).to(self.dtype)
+                inputs[tuple(x.shape)] = inp
+            else:
+                inp[:, :c].copy_(x)  # the same cast as .to(dtype) of the concatenation
+            return dit(inp, t.expand(b), context, clip.expand(b, -1, -1), lens, cache=cache).float()
 
         positive = {"context": text.context, "lens": text.lens}
         if text.negative is None or scale <= 1.0:

@@ -112,3 +112,82 @@ def config_to_transformers(cfg: CLIPVisionConfig, projection_dim: int = 1024) ->
         layer_norm_eps=cfg.eps,
         projection_dim=projection_dim,
     )
+
+
+# ---------------------------------------------------------------------------------------------- one-file namings
+# open-clip (``clip_vision_h.safetensors``) and Wan 2.1's ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``
+# fuse q/k/v into one projection: :func:`split_fused` first splits it into three synthetic keys (``…_q.weight``)
+# that these maps then rename. Block indices are counted in the file; its last block is dropped as above.
+
+OPEN_CLIP_FUSED = {"attn.in_proj_weight": "attn.in_proj_{}.weight", "attn.in_proj_bias": "attn.in_proj_{}.bias"}
+WAN_FUSED = {"attn.to_qkv.weight": "attn.to_qkv_{}.weight", "attn.to_qkv.bias": "attn.to_qkv_{}.bias"}
+
+_OPEN_CLIP_STEM = [
+    ("visual.conv1.weight", "patch_embedding.weight"),
+    ("visual.class_embedding", "class_embedding"),
+    ("visual.positional_embedding", "position_embedding"),
+    ("visual.ln_pre.{p}", "pre_norm.{p}"),
+]
+_OPEN_CLIP_BLOCK = [
+    ("ln_1.{p}", "norm1.{p}"),
+    *[(f"attn.in_proj_{x}.{{p}}", f"attn.{x}.{{p}}") for x in "qkv"],
+    ("attn.out_proj.{p}", "attn.o.{p}"),
+    ("ln_2.{p}", "norm2.{p}"),
+    ("mlp.c_fc.{p}", "mlp.fc1.{p}"),
+    ("mlp.c_proj.{p}", "mlp.fc2.{p}"),
+]
+_OPEN_CLIP_UNUSED = ["visual.ln_post.{p}", "visual.proj", "logit_scale"]
+
+_WAN_STEM = [
+    ("visual.patch_embedding.weight", "patch_embedding.weight"),
+    ("visual.cls_embedding", "class_embedding"),  # (1, 1, D): reshaped on read
+    ("visual.pos_embedding", "position_embedding"),  # (1, N, D): reshaped on read
+    ("visual.pre_norm.{p}", "pre_norm.{p}"),
+]
+_WAN_BLOCK = [
+    ("norm1.{p}", "norm1.{p}"),
+    *[(f"attn.to_qkv_{x}.{{p}}", f"attn.{x}.{{p}}") for x in "qkv"],
+    ("attn.proj.{p}", "attn.o.{p}"),
+    ("norm2.{p}", "norm2.{p}"),
+    ("mlp.0.{p}", "mlp.fc1.{p}"),
+    ("mlp.2.{p}", "mlp.fc2.{p}"),
+]
+_WAN_UNUSED = ["visual.post_norm.{p}", "visual.head", "logit_scale"]
+
+# text-tower keys of whole-model files, known and ignored (only the vision tower is used)
+TEXT_TOWER_PREFIXES = (
+    "textual.",
+    "transformer.",
+    "token_embedding.",
+    "ln_final.",
+    "text_projection",
+    "positional_embedding",
+)
+ONE_FILE_BLOCKS = {"open_clip": "visual.transformer.resblocks", "wan": "visual.transformer"}
+
+
+def one_file_to_ours(naming: str, num_layers: int) -> KeyMap:
+    """The map of a one-file ``naming`` ("open_clip" / "wan") with ``num_layers`` blocks (its last dropped)."""
+    stem, block, unused = {
+        "open_clip": (_OPEN_CLIP_STEM, _OPEN_CLIP_BLOCK, _OPEN_CLIP_UNUSED),
+        "wan": (_WAN_STEM, _WAN_BLOCK, _WAN_UNUSED),
+    }[naming]
+    blocks = ONE_FILE_BLOCKS[naming]
+    rules = list(stem) + [(f"{blocks}.{i}.{s}", f"blocks.{i}.{d}") for i in range(num_layers - 1) for s, d in block]
+    last = [f"{blocks}.{num_layers - 1}.{s}" for s, _ in block]
+    return KeyMap(rules, ignore=last + unused)
+
+
+def split_fused(tensors: Mapping[str, Any], fused: Mapping[str, str], split: Any) -> dict[str, Any]:
+    """``tensors`` with each fused q/k/v key (a suffix of ``fused``) replaced by three keys (its template filled
+    with q, k, v), each ``split(tensor, start, stop)`` of a third of its rows."""
+    out = {}
+    for key, t in tensors.items():
+        suffix = next((s for s in fused if key.endswith(s)), None)
+        if suffix is None:
+            out[key] = t
+            continue
+        third = t.shape[0] // 3
+        for i, x in enumerate("qkv"):
+            out[key[: -len(suffix)] + fused[suffix].format(x)] = split(t, i * third, (i + 1) * third)
+    return out

@@ -71,10 +71,29 @@ class TextContext(NamedTuple):
         return out
 
 
+class CrossKV(NamedTuple):
+    """One block's cross-attention keys and values, projected once per edit (see ``model.ContextCache``)."""
+
+    k: Tensor  # (B, Lt, H, Dh) text keys, normed
+    v: Tensor  # (B, Lt, H, Dh)
+    k_img: Tensor | None  # (B, Li, H, Dh) image keys, normed; None without image cross-attention
+    v_img: Tensor | None
+
+
+class CachedContext:
+    """One block's slot in a ``model.ContextCache``: the embedded context, and its :class:`CrossKV` once the
+    block's cross-attention has projected it (inside the block's forward, where FSDP has gathered its weights)."""
+
+    def __init__(self, text: TextContext, image: Tensor | None) -> None:
+        self.text, self.image = text, image
+        self.kv: CrossKV | None = None
+
+
 class CrossAttention(nn.Module):
     """Attention from video tokens to the text tokens and, through separate k/v, to the image tokens.
 
-    The two attention results (each its own softmax) are summed before the output projection.
+    The two attention results (each its own softmax) are summed before the output projection. The context
+    argument is the embedded text (projected here at every call) or a :class:`CachedContext` (projected once).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, attn_fn: AttentionFn, image: bool) -> None:
@@ -88,19 +107,30 @@ class CrossAttention(nn.Module):
             self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
             self.norm_k_img = _qk_norm(dim, eps, qk_norm)
 
-    def forward(self, x: Tensor, text: TextContext, image: Tensor | None) -> Tensor:
-        """x (B, L, D), text (B, Lt, D) embedded rows, image (B, Li, D) or None -> (B, L, D)."""
+    def project(self, text: TextContext, image: Tensor | None) -> CrossKV:
+        """The keys and values of the embedded text (B, Lt, D) and image tokens (B, Li, D)."""
         heads = "b l (h d) -> b l h d"
-        q = rearrange(self.norm_q(self.q(x)), heads, h=self.num_heads)
         pad = text.pad
         k = text.fill(self.norm_k(self.k(text.tokens)), None if pad is None else self.norm_k(self.k(pad)))
         v = text.fill(self.v(text.tokens), None if pad is None else self.v(pad))
         k, v = rearrange(k, heads, h=self.num_heads), rearrange(v, heads, h=self.num_heads)  # (B, Lt, H, Dh)
-        out = self.attn_fn(q, k, v)  # (B, L, H, Dh)
+        if not self.has_image:
+            return CrossKV(k, v, None, None)
+        k_img = rearrange(self.norm_k_img(self.k_img(image)), heads, h=self.num_heads)
+        return CrossKV(k, v, k_img, rearrange(self.v_img(image), heads, h=self.num_heads))
+
+    def forward(self, x: Tensor, text: TextContext | CachedContext, image: Tensor | None) -> Tensor:
+        """x (B, L, D), text (B, Lt, D) embedded rows (or a cache slot), image (B, Li, D) or None -> (B, L, D)."""
+        q = rearrange(self.norm_q(self.q(x)), "b l (h d) -> b l h d", h=self.num_heads)
+        if isinstance(text, CachedContext):
+            if text.kv is None:
+                text.kv = self.project(text.text, text.image)
+            kv = text.kv
+        else:
+            kv = self.project(text, image)
+        out = self.attn_fn(q, kv.k, kv.v)  # (B, L, H, Dh)
         if self.has_image:
-            k_img = rearrange(self.norm_k_img(self.k_img(image)), heads, h=self.num_heads)
-            v_img = rearrange(self.v_img(image), heads, h=self.num_heads)
-            out = out + self.attn_fn(q, k_img, v_img)
+            out = out + self.attn_fn(q, kv.k_img, kv.v_img)
         return self.o(out.flatten(2))
 
 

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from chronoedit.models.dit.config import DiTConfig
-from chronoedit.models.dit.layers import Head, ImageEmbedding, TextContext, build_block
+from chronoedit.models.dit.layers import CachedContext, Head, ImageEmbedding, TextContext, build_block
 from chronoedit.models.dit.rope import rope_3d, temporal_positions
 from chronoedit.ops.attention import AttentionFn, sdpa_attention
 
@@ -32,6 +32,42 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     omega = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * omega[None]  # (B, dim/2)
     return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def _identity(t: Tensor | None) -> tuple:
+    """What a cached entry is valid for: the tensor's memory, layout and in-place version (None: nothing)."""
+    if t is None:
+        return (None,)
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, t._version)
+
+
+class ContextCache:
+    """Exact reuse across the steps of one edit, passed to :meth:`ChronoEditDiT.forward` by its caller (nothing
+    is kept on the module): per (text, lengths, CLIP tokens) every block's cross-attention K/V — the context
+    never changes during an edit, so both CFG branches are projected once, not once per step — and the RoPE
+    table per token grid. An entry is keyed by the identity of its input tensors (memory, shape, strides,
+    in-place version) and keeps them alive, so a new prompt, a new image or an in-place change rebuilds it.
+    Drop the object with the edit."""
+
+    def __init__(self) -> None:
+        self._kv: dict[tuple, tuple[tuple, list[CachedContext]]] = {}
+        self._rope: dict[tuple, Tensor] = {}
+        self.builds = 0  # how many context entries were made (for tests and logs)
+
+    def kv(self, dit: ChronoEditDiT, context: Tensor, clip: Tensor | None, lens: Tensor | None) -> list[CachedContext]:
+        """One slot per block for this context (each block projects its K/V into it on first use)."""
+        key = (_identity(context), _identity(clip), _identity(lens))
+        if key not in self._kv:
+            ctx, img = dit.embed_context(context, clip, lens)
+            self._kv[key] = ((context, clip, lens), [CachedContext(ctx, img) for _ in dit.blocks])
+            self.builds += 1
+        return self._kv[key][1]
+
+    def rope(self, dit: ChronoEditDiT, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        key = (grid, device)
+        if key not in self._rope:
+            self._rope[key] = dit.rope(grid, device)
+        return self._rope[key]
 
 
 class ChronoEditDiT(nn.Module):
@@ -122,6 +158,46 @@ class ChronoEditDiT(nn.Module):
         img = None if self.img_emb is None else self.img_emb(clip_tokens.to(self.img_emb.proj[1].weight.dtype))
         return text, img
 
+    def token_grid(self, x: Tensor) -> tuple[int, int, int]:
+        """The (frames, height, width) token grid of a latent video ``x (B, C, F, H, W)``."""
+        (pt, ph, pw), (_, _, f, h, w) = self.cfg.patch_size, x.shape
+        return f // pt, h // ph, w // pw
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device | str) -> Tensor:
+        """RoPE rotations (L, Dh/2) of every token of ``grid``, in (f, h, w) token order."""
+        cfg = self.cfg
+        return rope_3d(grid, cfg.rope_axes_dims, cfg.rope_theta, cfg.rope_temporal_skip_len, device)
+
+    def embed_tokens(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Video tokens (B, L, D), time embedding e (B, D) and modulation input e0 (B, 6, D)."""
+        x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, f, h, w)
+        x = rearrange(x, "b d f h w -> b (f h w) d")
+        e, e0 = self.embed_time(t.reshape(-1).expand(x.shape[0]))
+        return x, e, e0
+
+    def embed(
+        self, x: Tensor, t: Tensor, context: Tensor, clip_tokens: Tensor | None, context_lens: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, TextContext, Tensor | None]:
+        """Stage 1: video tokens (B, L, D), time embedding e (B, D), modulation input e0 (B, 6, D), the embedded
+        text and CLIP tokens."""
+        return *self.embed_tokens(x, t), *self.embed_context(context, clip_tokens, context_lens)
+
+    def run_blocks(
+        self, x: Tensor, e0: Tensor, ctx: TextContext | list[CachedContext], img: Tensor | None, rope: Tensor
+    ) -> Tensor:
+        """Stage 2: every block on tokens x (B, L, D) with their RoPE rows (L, Dh/2) -> (B, L, D). ``ctx``: the
+        embedded text (with ``img``), or each block's :class:`CachedContext` slot of a ``ContextCache``."""
+        per_block = isinstance(ctx, list)
+        for i, block in enumerate(self.blocks):
+            x = block(x, e0, ctx[i], None, rope) if per_block else block(x, e0, ctx, img, rope)
+        return x
+
+    def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """Stage 3b: head outputs (B, L, pt·ph·pw·C_out) of the whole ``grid`` -> (B, C_out, F, H, W)."""
+        pt, ph, pw = self.cfg.patch_size
+        f, h, w = grid
+        return rearrange(x, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw)
+
     def forward(
         self,
         x: Tensor,
@@ -129,33 +205,21 @@ class ChronoEditDiT(nn.Module):
         context: Tensor,
         clip_tokens: Tensor | None = None,
         context_lens: Tensor | None = None,
+        cache: ContextCache | None = None,
     ) -> Tensor:
+        """embed → blocks → head (stage 3a, per token) → unpatchify; a sequence-parallel wrapper
+        (:mod:`chronoedit.parallel`) runs the same stages on a shard of the tokens. ``cache``: reuse the
+        context's K/V and the RoPE table across calls (inference; the same numbers)."""
         self.check_inputs(x, t, context, clip_tokens, context_lens)
-        cfg = self.cfg
-        b, _, f, h, w = x.shape
-        pt, ph, pw = cfg.patch_size
-        grid = (f // pt, h // ph, w // pw)
-        rope = rope_3d(grid, cfg.rope_axes_dims, cfg.rope_theta, cfg.rope_temporal_skip_len, x.device)
-
-        x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, f, h, w)
-        x = rearrange(x, "b d f h w -> b (f h w) d")
-        e, e0 = self.embed_time(t.reshape(-1).expand(b))
-        ctx, img = self.embed_context(context, clip_tokens, context_lens)
-
-        for block in self.blocks:
-            x = block(x, e0, ctx, img, rope)
-
-        x = self.head(x, e)  # (B, L, pt·ph·pw·C_out)
-        return rearrange(
-            x,
-            "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
-            f=grid[0],
-            h=grid[1],
-            w=grid[2],
-            pt=pt,
-            ph=ph,
-            pw=pw,
-        )
+        grid = self.token_grid(x)
+        if cache is None:
+            tokens, e, e0, ctx, img = self.embed(x, t, context, clip_tokens, context_lens)
+            rope = self.rope(grid, x.device)
+        else:
+            (tokens, e, e0), img = self.embed_tokens(x, t), None
+            ctx, rope = cache.kv(self, context, clip_tokens, context_lens), cache.rope(self, grid, x.device)
+        tokens = self.run_blocks(tokens, e0, ctx, img, rope)
+        return self.unpatchify(self.head(tokens, e), grid)  # head: (B, L, pt·ph·pw·C_out)
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()

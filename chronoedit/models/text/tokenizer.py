@@ -55,10 +55,13 @@ class _TokenizersBackend:
 class _SentencePieceBackend:
     """``spiece.model`` run by ``sentencepiece``, made to give ``T5TokenizerFast``'s ids (see module doc)."""
 
-    def __init__(self, path: Path, added: dict[str, int]) -> None:
+    def __init__(self, path: Path | bytes, added: dict[str, int]) -> None:
         import sentencepiece
 
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        if isinstance(path, bytes):  # the serialised model itself (e.g. embedded in a checkpoint)
+            self.sp = sentencepiece.SentencePieceProcessor(model_proto=path)
+        else:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         self.unk_id = self.sp.unk_id()
         self.added = dict(added)
         for i in range(self.sp.get_piece_size()):  # control pieces (<pad>, </s>) and <unk> are matched in text
@@ -159,6 +162,18 @@ class Tokenizer:
             raise ValueError(f"{path}: neither tokenizer.json nor spiece.model found")
         tok.folder = path  # where it came from (copied into checkpoints that ship it)
         return tok
+
+    @classmethod
+    def from_sentencepiece(cls, model: bytes, *, extra_ids: int = _T5_EXTRA_IDS, what: str = "tokenizer") -> Tokenizer:
+        """A tokenizer from the bytes of a ``spiece.model`` (e.g. ComfyUI's ``spiece_model`` tensor), as
+        ``T5TokenizerFast`` makes of that file alone: ``extra_ids`` sentinels after its pieces, ``</s>``, ``<pad>``."""
+        import sentencepiece
+
+        try:
+            size = sentencepiece.SentencePieceProcessor(model_proto=model).get_piece_size()
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{what}: not a sentencepiece model ({e})") from None
+        return cls(_SentencePieceBackend(model, _added_tokens({"extra_ids": extra_ids}, size)))
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, EOS appended, not truncated."""
