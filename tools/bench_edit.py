@@ -15,6 +15,7 @@ ratios and the output difference (frames, max |Δ| × 255; latents, max |Δ| / �
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,18 +112,22 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0, help="untimed edits first (a 50-step edit amortises its start)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--worker", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "diffusers", "prepare"], help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker == "prepare":  # in its own process: a child inherits its parent's peak RSS on Linux
+        from tests.fixtures_pipeline import make_diffusers_pipeline_folder
+
+        sizes = {**SIZES, "dit": {**SIZES["dit"], "num_layers": args.layers}}
+        make_diffusers_pipeline_folder(args.dir, max_shard_size="2GB", sizes=sizes)
+        return
     if args.worker:
         worker(args.worker, args.dir, args)
         return
-    from tests.fixtures_pipeline import make_diffusers_pipeline_folder
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        sizes = {**SIZES, "dit": {**SIZES["dit"], "num_layers": args.layers}}
-        make_diffusers_pipeline_folder(folder / "pipe", max_shard_size="2GB", sizes=sizes)
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", "prepare", "--dir", str(folder / "pipe")],
+                       check=True)  # fmt: skip
         tokens = 2 * (args.height // 16) * (args.width // 16) if not args.reasoning else None
         print(f"whole edit, fp32 CPU, {args.threads} threads: DiT 1536 wide × {args.layers} blocks, {args.height}x"
               f"{args.width} ({tokens or 'reasoning'} tokens), {args.steps} steps, guidance {args.guidance}, "

@@ -38,7 +38,8 @@ def _identity(t: Tensor | None) -> tuple:
     """What a cached entry is valid for: the tensor's memory, layout and in-place version (None: nothing)."""
     if t is None:
         return (None,)
-    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, t._version)
+    version = None if t.is_inference() else t._version  # inference-mode tensors keep no version counter
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, version)
 
 
 class ContextCache:
