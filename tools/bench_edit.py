@@ -6,9 +6,9 @@
     python tools/bench_edit.py --no-cache                       # ours without the exact context reuse
 
 A diffusers-layout pipeline folder is written once: the DiT at Wan-1.3B width (1536, 12 heads × 128, FFN 8960;
-``--layers`` blocks), UMT5 and CLIP at their real widths (4096 / 1280; one and two blocks), a VAE of base width
-32. Each implementation runs in its own process (peak RSS is its own), A B A B …: load, ``--warmup`` untimed
-edits (default 0), then the timed edit (text, image, VAE encode, denoise, VAE decode). Medians of pairwise
+``--layers`` blocks), UMT5 and CLIP at their real widths (4096 / 1280; one and two blocks), the released Wan 2.1
+VAE configuration. Each implementation runs in its own process (peak RSS is its own), A B A B …: load,
+``--warmup`` untimed edits (default 0), then the timed edit (text, image, VAE encode, denoise, VAE decode). Medians of pairwise
 ratios and the output difference (frames, max |Δ| × 255; latents, max |Δ| / σ) are printed.
 """
 
@@ -35,7 +35,7 @@ SIZES = {
     "umt5": dict(d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=1),
     "clip": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=2,
                  image_size=224, patch_size=14, projection_dim=1024),
-    "vae": dict(base_dim=32),
+    "vae": dict(base_dim=96, num_res_blocks=2),  # the released Wan 2.1 VAE
 }  # fmt: skip
 
 
