@@ -4,7 +4,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 PYTHON := $(VENV)/bin/python
 
-.PHONY: demo test lint
+.PHONY: demo test lint toy
 
 # torch is pinned to 2.13.0 (CPU wheel); install it first so nothing pulls a CUDA build.
 $(VENV)/.base: setup.py
@@ -20,6 +20,12 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(PYTHON) infer/edit.py
+
+# ChronoEdit-Toy from nothing (dataset, tokenizer, VAE, pre-encoding, DiT, eval; ~1 h on a 2-core CPU), shipped to
+# chronoedit/assets/toy. TOY_WORK holds every intermediate (regenerated from seeds; never committed).
+TOY_WORK ?= runs/toy
+toy: $(VENV)/.base
+	$(PYTHON) tools/make_toy.py --work $(TOY_WORK) --ship
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -35,7 +35,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["chronoedit", "chronoedit.*"]),
     include_package_data=True,
-    package_data={"chronoedit": ["assets/*"]},
+    package_data={"chronoedit": ["assets/*", "assets/*/*", "assets/*/*/*"]},
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

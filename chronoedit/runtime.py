@@ -25,6 +25,13 @@ class RuntimeConfig:
     offload: bool = False  # inference: models live on the CPU and visit the device only for their stage
     cfg_batched: bool = False  # inference: conditional + unconditional DiT passes as one doubled batch
     context_cache: bool = True  # inference: every prompt's cross-attention K/V and the RoPE table once per edit (exact)
+    # inference, approximate: skip whole DiT forwards by reusing the last block-stack residual
+    # (chronoedit/sampling/step_cache.py). none | magcache; magcache needs a calibration file.
+    step_cache: str = "none"
+    step_cache_threshold: float = 0.12  # magcache: accumulated error allowed before a forward is recomputed
+    step_cache_max_skips: int = 2  # magcache: K, the most consecutive steps skipped
+    step_cache_retention: float = 0.2  # magcache: this fraction of the first steps is never skipped
+    step_cache_calibration: str | None = None  # magcache: JSON of tools/calibrate_step_cache.py (required)
     vae: VAETiling = field(default_factory=VAETiling)
 
     def __post_init__(self) -> None:
@@ -34,6 +41,20 @@ class RuntimeConfig:
             raise ValueError(f"runtime.attention={self.attention!r} is not one of {sorted(ATTENTION_BACKENDS)}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"runtime.dtype={self.dtype!r} is not one of {['auto', *DTYPES]}")
+        self._check_step_cache()
+
+    def _check_step_cache(self) -> None:
+        from chronoedit.sampling.step_cache import STEP_CACHE_METHODS, check_magcache_knobs
+
+        if self.step_cache not in STEP_CACHE_METHODS:
+            raise ValueError(f"runtime.step_cache={self.step_cache!r} is not one of {list(STEP_CACHE_METHODS)}")
+        check_magcache_knobs(self.step_cache_threshold, self.step_cache_max_skips, self.step_cache_retention,
+                             prefix="runtime.step_cache_")  # fmt: skip
+        if self.step_cache == "magcache" and not self.step_cache_calibration:
+            raise ValueError(
+                "runtime.step_cache=magcache needs runtime.step_cache_calibration=<json> "
+                "(make one with: python tools/calibrate_step_cache.py checkpoint=... --out calib.json)"
+            )
 
 
 def resolve_device(name: str) -> torch.device:

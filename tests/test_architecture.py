@@ -32,7 +32,7 @@ TRAIN = ["experiment=tiny_lora_cpu", "steps=2", "checkpoints.every=0", "batch_si
 
 
 def edit_config(*overrides: str) -> tuple[EditConfig, dict]:
-    return compose_config(CONFIGS, "edit", list(overrides), EditConfig)
+    return compose_config(CONFIGS, "edit", ["preset=tiny", *overrides], EditConfig)
 
 
 def train_config(*overrides: str) -> tuple[TrainConfig, dict]:
@@ -111,7 +111,14 @@ def test_from_scratch_training_exports_a_folder_the_cli_edits_with(tmp_path):
     stored = {k for entry in doc["components"].values() for k in entry["config"]}
     assert not stored & runtime, stored & runtime  # runtime.* never in an exported config
     out = tmp_path / "edit"
-    edit = [sys.executable, str(ROOT / "infer/edit.py"), f"checkpoint={export}", f"output_dir={out}", *FAST]
+    edit = [
+        sys.executable,
+        str(ROOT / "infer/edit.py"),
+        "preset=tiny",
+        f"checkpoint={export}",
+        f"output_dir={out}",
+        *FAST,
+    ]
     done = subprocess.run(edit, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "edit.png").is_file()
@@ -139,7 +146,7 @@ def test_misfit_override_fails_before_any_weight_is_read(tmp_path, monkeypatch):
         CheckpointError, match=r"model.dit.dim=128 does not fit the weights: .*misshaped: .*\(64,\) vs model \(128,\)"
     ):
         job.build_pipeline(bad, model_overrides=explicit)
-    cli = [sys.executable, str(ROOT / "infer/edit.py"), f"checkpoint={export}", "model.dit.num_layers=4",
+    cli = [sys.executable, str(ROOT / "infer/edit.py"), "preset=tiny", f"checkpoint={export}", "model.dit.num_layers=4",
            f"output_dir={tmp_path / 'e'}", *FAST]  # fmt: skip
     done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr

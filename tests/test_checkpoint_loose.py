@@ -362,7 +362,11 @@ def test_lora_bare_paths_and_components_compose(tmp_path):
     from chronoedit.pipeline.config import EditConfig, LoraSpec
 
     configs = Path(__file__).resolve().parents[1] / "configs"
-    overrides = ["lora=[a.safetensors,{path: b.safetensors, scale: 0.5}]", "components.dit=/x/dit.safetensors"]
+    overrides = [
+        "preset=tiny",
+        "lora=[a.safetensors,{path: b.safetensors, scale: 0.5}]",
+        "components.dit=/x/dit.safetensors",
+    ]
     cfg, _ = compose_config(configs, "edit", overrides, EditConfig)
     assert cfg.lora == [LoraSpec("a.safetensors"), LoraSpec("b.safetensors", scale=0.5)]
     assert cfg.components.given() == {"dit": "/x/dit.safetensors"}

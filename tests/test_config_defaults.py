@@ -16,12 +16,12 @@ from chronoedit.training.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def composed(name: str, schema: type):
+def composed(name: str, schema: type, overrides: tuple[str, ...] = ()):
     register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name=name)
+            cfg = compose(config_name=name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
     return to_object({k: v for k, v in cfg.items() if k != "hydra"}, schema)
@@ -41,4 +41,22 @@ def differences(a, b, prefix: str = "") -> list[str]:
 
 @pytest.mark.parametrize("name,schema", [("edit", EditConfig), ("train", TrainConfig)])
 def test_yaml_defaults_equal_dataclass_defaults(name, schema):
-    assert differences(composed(name, schema), schema()) == []
+    # edit.yaml's default preset is the shipped toy model; preset=tiny is the library's defaults
+    overrides = ("preset=tiny",) if name == "edit" else ()
+    assert differences(composed(name, schema, overrides), schema()) == []
+
+
+def test_the_toy_preset_states_the_toy_settings():
+    cfg = composed("edit", EditConfig, ("preset=toy", "checkpoint=tiny"))  # the toy weights need not be built
+    assert (cfg.height, cfg.width, cfg.prompt) == (128, 128, "move the red circle left")
+    assert (cfg.sampler.steps, cfg.sampler.shift, cfg.guidance_scale, cfg.reasoning.steps) == (16, 3.0, 1.0, 4)
+    toy_sampler = composed("edit", EditConfig, ("preset=tiny", "sampler=toy")).sampler
+    assert toy_sampler == cfg.sampler  # configs/sampler/toy.yaml and the preset agree
+
+
+def test_a_shipped_name_that_is_not_built_is_a_one_line_error(monkeypatch, tmp_path):
+    from chronoedit.checkpoint import architecture
+
+    monkeypatch.setitem(architecture.NAMED_CHECKPOINTS, "toy", tmp_path / "absent")
+    with pytest.raises(ValueError, match=r"checkpoint=toy: not built in this tree .*make toy"):
+        EditConfig(checkpoint="toy")

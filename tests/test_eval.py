@@ -24,10 +24,16 @@ FAST = ["benchmark.size=64", "sampler.steps=2"]  # the tiny model at 64², two s
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
+def _tiny(args: tuple[str, ...]) -> list[str]:
+    """``preset=tiny`` (the random tiny model, as these tests assume) after Hydra's flags (``-m``)."""
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    return [*flags, "preset=tiny", *(a for a in args if a not in flags)]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     """infer/eval.py in a subprocess on one thread (tiny tensors: two threads only fight on a busy machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "infer" / "eval.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(ROOT / "infer" / "eval.py"), *_tiny(args)], capture_output=True, text=True,
                           cwd=ROOT, env=env)  # fmt: skip
 
 
@@ -38,7 +44,7 @@ def test_eval_yaml_states_only_what_differs_from_the_dataclass_defaults():
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name="eval", overrides=["benchmark.n=3", "reasoning.steps=2"])
+            cfg = compose(config_name="eval", overrides=["preset=tiny", "benchmark.n=3", "reasoning.steps=2"])
     finally:
         GlobalHydra.instance().clear()
     ev = to_object({k: v for k, v in cfg.items() if k != "hydra"}, EvalConfig)
@@ -145,7 +151,7 @@ def test_bad_benchmark_settings_are_one_line_errors_before_any_model_load():
         (["benchmark.kinds=[move,teleport]"], "kinds ['teleport']"),
         (["benchmark.nn=3"], "nn"),
     ):
-        error = preflight(ROOT / "configs", "eval", args, schema=EvalConfig, check=check)
+        error = preflight(ROOT / "configs", "eval", ["preset=tiny", *args], schema=EvalConfig, check=check)
         assert error is not None and "\n" not in error and needle in error, error
     r = cli("benchmark.baseline=oracle")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

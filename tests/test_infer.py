@@ -21,9 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["max_area=16384", "sampler.steps=2"]  # ~128² pixels, two steps: a CLI run of the tiny model in seconds
 
 
+def _tiny(args: tuple[str, ...]) -> list[str]:
+    """``preset=tiny`` (the random tiny model, as these tests assume) after Hydra's flags (``-m``)."""
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    return [*flags, "preset=tiny", *(a for a in args if a not in flags)]
+
+
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "infer" / "edit.py"), *args], capture_output=True, text=True, cwd=cwd or ROOT
+        [sys.executable, str(ROOT / "infer" / "edit.py"), *_tiny(args)], capture_output=True, text=True, cwd=cwd or ROOT
     )
 
 

@@ -79,7 +79,7 @@ def test_blockwise_attention_merged_equals_whole_attention():
 
 
 def test_a_bad_mesh_on_the_command_line_exits_2_before_any_weight(tmp_path):
-    out = subprocess.run([sys.executable, EDIT, "parallel.ulysses=2", f"output_dir={tmp_path / 'o'}"], env=ENV,
+    out = subprocess.run([sys.executable, EDIT, "preset=tiny", "parallel.ulysses=2", f"output_dir={tmp_path / 'o'}"], env=ENV,
                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "2 processes, but 1 were started" in out.stderr
@@ -224,7 +224,15 @@ def _edit(out: Path, *overrides: str, procs: int = 1) -> None:
     launcher = [sys.executable, EDIT]
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", EDIT]
-    args = ["sampler.steps=4", "height=32", "width=32", "runtime.device=cpu", "save_latents=true", f"output_dir={out}"]
+    args = [
+        "preset=tiny",
+        "sampler.steps=4",
+        "height=32",
+        "width=32",
+        "runtime.device=cpu",
+        "save_latents=true",
+        f"output_dir={out}",
+    ]
     res = subprocess.run([*launcher, *args, *overrides], env=ENV, cwd=ROOT, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"

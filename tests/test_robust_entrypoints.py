@@ -80,8 +80,18 @@ def test_unusable_output_locations_are_refused_before_anything_is_created(tmp_pa
             "is not writable",
         ),
         # infer/edit.py: output_dir, and Hydra's default outputs/ in a read-only working directory
-        "edit: under a file": ([sys.executable, EDIT, f"output_dir={file}/x"], cwd, f"{file}/x", "which is a file"),
-        "edit: default folder, read-only cwd": ([sys.executable, EDIT], ro, "outputs", "is not writable"),
+        "edit: under a file": (
+            [sys.executable, EDIT, "preset=tiny", f"output_dir={file}/x"],
+            cwd,
+            f"{file}/x",
+            "which is a file",
+        ),
+        "edit: default folder, read-only cwd": (
+            [sys.executable, EDIT, "preset=tiny"],
+            ro,
+            "outputs",
+            "is not writable",
+        ),
         # tools/convert.py (the other cases are the same check: tests/test_robust_files.py)
         "convert: under a read-only folder": (
             [sys.executable, CONVERT, "--dtype", "bf16", "src", f"{ro}/n"],
@@ -126,7 +136,10 @@ def test_a_full_disk_and_a_busy_folder_are_one_line_errors(tmp_path):
     lock = lock_output(busy)  # this process holds busy/'s lock, as a running edit or training would
     try:
         cases = {
-            "edit: folder in use": ([sys.executable, EDIT, f"output_dir={busy}", "overwrite=true"], ROOT),
+            "edit: folder in use": (
+                [sys.executable, EDIT, "preset=tiny", f"output_dir={busy}", "overwrite=true"],
+                ROOT,
+            ),
             "train: folder in use": ([sys.executable, TRAIN, "experiment=tiny_lora_cpu", f"run_dir={busy}"], ROOT),
             "convert: disk full": (
                 [sys.executable, "-c", FULL_DISK, str(source), str(tmp_path / "n"), "--model", "dit.num_heads=1"],
@@ -148,13 +161,15 @@ def test_a_full_disk_and_a_busy_folder_are_one_line_errors(tmp_path):
 def test_two_edits_into_one_folder_at_once(tmp_path):
     """The second is refused while the first runs; the first completes untouched; the lock goes with it."""
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, EDIT, f"output_dir={out}", "save_latents=true"], cwd=ROOT, env=ENV,
+    first = subprocess.Popen([sys.executable, EDIT, "preset=tiny", f"output_dir={out}", "save_latents=true"], cwd=ROOT, env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.time() + 60
         while not lock_file_for(out).exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        second = run_all({"second": ([sys.executable, EDIT, f"output_dir={out}", "overwrite=true"], ROOT)})
+        second = run_all(
+            {"second": ([sys.executable, EDIT, "preset=tiny", f"output_dir={out}", "overwrite=true"], ROOT)}
+        )
         _, err1 = first.communicate(timeout=120)
     finally:
         first.kill()

@@ -237,7 +237,7 @@ def test_sigkill_mid_write_leaves_no_half_file_under_a_final_name(tmp_path):
     real = 0
     for i in range(1):
         out_dir = tmp_path / f"real_edit_{i}"
-        cmd = [sys.executable, str(ROOT / "infer" / "edit.py"), f"output_dir={out_dir}", "save_frames=true",
+        cmd = [sys.executable, str(ROOT / "infer" / "edit.py"), "preset=tiny", f"output_dir={out_dir}", "save_frames=true",
                "save_latents=true", "reasoning.steps=2", "sampler.steps=2", "height=96", "width=128"]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120

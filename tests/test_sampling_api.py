@@ -334,7 +334,7 @@ def test_sampler_yaml_files_state_only_what_differs_from_the_dataclass():
     fields = {f.name for f in dataclasses.fields(SamplerConfig)}
     defaults = SamplerConfig()
     files = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-    assert files == ["dpmpp_2m", "euler", "heun", "unipc", "unipc_distill"]
+    assert files == ["dpmpp_2m", "euler", "heun", "toy", "unipc", "unipc_distill"]
     for stem in files:
         raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / f"{stem}.yaml"))
         assert set(raw) <= fields, stem
@@ -344,7 +344,7 @@ def test_sampler_yaml_files_state_only_what_differs_from_the_dataclass():
         OmegaConf.merge(schema, {"stepz": 3})
 
 
-@pytest.mark.parametrize("stem", ["unipc", "unipc_distill", "euler", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("stem", ["unipc", "unipc_distill", "euler", "heun", "dpmpp_2m", "toy"])
 def test_sampler_configs_compose_and_run_one_step(stem):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(config_name=stem)

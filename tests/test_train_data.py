@@ -222,3 +222,28 @@ def test_preencode_with_the_tiny_encoders_gives_the_inference_condition(tmp_path
     assert torch.equal(ex.context, text[: ex.context.shape[0]]) and text[ex.context.shape[0] :].abs().max() == 0
     assert torch.equal(ex.clip[None], pipe.encode_image(image))
     assert ex.latents.shape == (16, 2, 6, 8) and torch.equal(ex.latents[:, 0], ex.cond_latents[:, 0])
+
+
+def test_preencode_in_batches_writes_the_same_cache(tmp_path):
+    """batch=3: rows read together and encoded per frame count (pairs and the clip apart), written in row order,
+    skipped rows still counted — the same files as one row at a time."""
+    make_dataset(tmp_path / "data")
+    caches = {}
+    for batch in (1, 3):
+        out = tmp_path / f"cache{batch}"
+        cfg = PreencodeConfig(dataset=str(tmp_path / "data"), output=str(out), height=32, width=48, clip_frames=5,
+                              batch=batch)  # fmt: skip
+        enc = FakeEncoders()
+        meta = preencode(cfg, enc.encoders())
+        assert meta["skipped"] == 2
+        caches[batch] = (out, enc.calls)
+    (one, calls_one), (three, calls_three) = caches[1], caches[3]
+    assert (one / CACHE_INDEX).read_text() == (three / CACHE_INDEX).read_text()
+    assert calls_three < calls_one
+    from safetensors.torch import load_file
+
+    for row in (json.loads(line) for line in (one / CACHE_INDEX).read_text().splitlines()):
+        x, y = load_file(one / row["file"]), load_file(three / row["file"])
+        assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
+    with pytest.raises(ValueError, match="batch=0"):
+        PreencodeConfig(dataset="d", output="o", batch=0)

@@ -4,6 +4,8 @@
     python tools/bench_edit.py --steps 8 --guidance 1 --shift 2   # the distillation-LoRA settings
     python tools/bench_edit.py --reasoning 10                   # temporal reasoning for the first 10 steps
     python tools/bench_edit.py --no-cache                       # ours without the exact context reuse
+    python tools/bench_edit.py --step-cache 0.12                # ours with MagCache (calibrated untimed, on another
+                                                                # image), against diffusers' exact edit
 
 A diffusers-layout pipeline folder is written once: the DiT at Wan-1.3B width (1536, 12 heads × 128, FFN 8960;
 ``--layers`` blocks), UMT5 and CLIP at their real widths (4096 / 1280; one and two blocks), the released Wan 2.1
@@ -39,10 +41,10 @@ SIZES = {
 }  # fmt: skip
 
 
-def image(height: int, width: int):
+def image(height: int, width: int, seed: int = 3):
     from PIL import Image
 
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     base = torch.rand(height // 16, width // 16, 3, generator=g)
     big = torch.nn.functional.interpolate(base.permute(2, 0, 1)[None], size=(height, width), mode="bilinear")[0]
     return Image.fromarray((big.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
@@ -63,9 +65,23 @@ def worker(impl: str, folder: Path, args) -> None:
         request = EditRequest(image=im, prompt=PROMPT, negative_prompt=NEGATIVE, seed=7, guidance_scale=args.guidance,
                               reasoning_steps=args.reasoning, num_frames=29, height=args.height, width=args.width)  # fmt: skip
         sampler = SamplerConfig(steps=args.steps, shift=args.shift)
+        if args.step_cache is not None:  # MagCache's calibration (untimed): an un-skipped edit of another image
+            import dataclasses
+
+            from chronoedit.sampling.step_cache import Calibrator, MagCacheSettings
+
+            pipe.step_cache = calibrator = Calibrator()
+            with torch.inference_mode():
+                pipe(dataclasses.replace(request, image=image(args.height, args.width, seed=11), seed=8), sampler)
+            pipe.step_cache = MagCacheSettings(calibrator.calibration(), threshold=args.step_cache)
 
         def edit():
             r = pipe(request, sampler)
+            if r.step_cache is not None and r.step_cache.skipped:
+                print(
+                    f"step cache: {r.step_cache.skipped} of {r.step_cache.forwards} DiT forwards skipped",
+                    file=sys.stderr,
+                )
             return r.video, r.latents
     else:
         import diffusers
@@ -109,6 +125,7 @@ def main() -> None:
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--reasoning", type=int, default=0, help="reasoning steps k (0: a plain 5-frame edit)")
     p.add_argument("--no-cache", action="store_true", help="ours without the exact context reuse")
+    p.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD", help="ours with MagCache")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=0, help="untimed edits first (a 50-step edit amortises its start)")
     p.add_argument("--threads", type=int, default=2)
@@ -131,7 +148,8 @@ def main() -> None:
         tokens = 2 * (args.height // 16) * (args.width // 16) if not args.reasoning else None
         print(f"whole edit, fp32 CPU, {args.threads} threads: DiT 1536 wide × {args.layers} blocks, {args.height}x"
               f"{args.width} ({tokens or 'reasoning'} tokens), {args.steps} steps, guidance {args.guidance}, "
-              f"reasoning {args.reasoning}, context cache {'off' if args.no_cache else 'on'}; {args.rounds} rounds")  # fmt: skip
+              f"reasoning {args.reasoning}, context cache {'off' if args.no_cache else 'on'}, step cache "
+              f"{'off' if args.step_cache is None else f'magcache {args.step_cache}'}; {args.rounds} rounds")  # fmt: skip
         script = str(Path(__file__).resolve())
         argv = [a for a in sys.argv[1:] if a != "--worker"]
         common = [*argv, "--dir", str(folder / "pipe")]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from chronoedit.checkpoint.errors import CheckpointError
@@ -17,6 +18,21 @@ from chronoedit.checkpoint.registry import NAMES, Source, check_fit, open_compon
 from chronoedit.models.spec import override_config, split_overrides
 
 NO_CHECKPOINT = "tiny"  # the built-in name for "no weights": random weights of the `model` config
+# Checkpoints shipped inside the package, by name: ``checkpoint=toy`` is ChronoEdit-Toy (tools/make_toy.py).
+NAMED_CHECKPOINTS = {"toy": Path(__file__).resolve().parents[1] / "assets" / "toy"}
+
+
+def named_checkpoint(checkpoint: str | None) -> str | None:
+    """``checkpoint`` with a shipped name (``toy``) replaced by its folder; anything else unchanged. A name whose
+    folder is not in this tree is a one-line ValueError saying how to build it."""
+    if checkpoint not in NAMED_CHECKPOINTS:
+        return checkpoint
+    folder = NAMED_CHECKPOINTS[checkpoint]
+    if not (folder / "chronoedit.yaml").is_file():
+        raise ValueError(f"checkpoint={checkpoint}: not built in this tree ({folder}); `make toy` trains and ships it")
+    return str(folder)
+
+
 INITS = ("auto", "random", "checkpoint")
 
 
@@ -73,4 +89,4 @@ def open_model(
     return sources, info
 
 
-__all__ = ["INITS", "NO_CHECKPOINT", "open_model", "resolve_init"]
+__all__ = ["INITS", "NAMED_CHECKPOINTS", "NO_CHECKPOINT", "named_checkpoint", "open_model", "resolve_init"]

@@ -90,6 +90,7 @@ def _preset(name: str) -> ModelSpec:
 MODEL_PRESETS: dict[str, ModelSpec] = {
     "chronoedit_14b": ModelSpec(),  # the released model (Wan 2.1 I2V 14B DiT, Wan 2.1 VAE, UMT5-XXL, ViT-H/14)
     "tiny": _preset("tiny"),  # random-weight tests and demos: every component at its tiny preset
+    "toy": _preset("toy"),  # ChronoEdit-Toy: trained from scratch on the toy world on a CPU (make toy)
 }
 
 __all__ = [

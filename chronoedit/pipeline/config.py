@@ -69,7 +69,9 @@ class ReasoningConfig:
 
 @dataclass
 class EditConfig:
-    checkpoint: str = "tiny"  # "tiny" (no weights: random ones), a diffusers-layout or native folder, or a Hub id
+    # "toy" (ChronoEdit-Toy, shipped; configs/edit.yaml's default), "tiny" (no weights: random ones), a
+    # diffusers-layout or native folder, or a Hub id
+    checkpoint: str = "tiny"
     # the architecture (group configs/model/); with a checkpoint, the fields given explicitly replace its own
     model: ModelSpec = field(default_factory=lambda: copy.deepcopy(MODEL_PRESETS["tiny"]))
     init: str = "auto"  # auto | random | checkpoint (auto: random for checkpoint=tiny, else the checkpoint's)
@@ -98,4 +100,7 @@ class EditConfig:
     fps: int = 8  # of the reasoning video (the release scripts export at 8)
 
     def __post_init__(self) -> None:
+        from chronoedit.checkpoint.architecture import named_checkpoint
+
+        self.checkpoint = named_checkpoint(self.checkpoint)
         self.lora = [lora_spec(e) for e in self.lora]

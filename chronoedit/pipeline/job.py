@@ -28,6 +28,7 @@ from chronoedit.pipeline.images import load_image, save_frames, save_mp4, save_p
 from chronoedit.pipeline.pipeline import EditPipeline, EditRequest, EditResult
 from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA
 from chronoedit.runtime import resolve_device, resolve_dtype
+from chronoedit.sampling.step_cache import ONE_EVALUATION_SOLVERS, Calibration, MagCacheSettings
 
 log = logging.getLogger("chronoedit")
 
@@ -40,7 +41,11 @@ class Job:
     request: EditRequest
 
 
-def example_image() -> Path:
+def example_image(checkpoint: str | None = None) -> Path:
+    """The default input: the checkpoint folder's ``example.png`` when it ships one (ChronoEdit-Toy does: a
+    scene of its world), else the example image in chronoedit/assets."""
+    if checkpoint and (Path(checkpoint) / "example.png").is_file():
+        return Path(checkpoint) / "example.png"
     return Path(str(files("chronoedit") / "assets" / "example.png"))
 
 
@@ -68,7 +73,7 @@ def plan_jobs(cfg: EditConfig) -> list[Job]:
     if cfg.batch:
         rows = _read_batch(cfg.batch)
     else:
-        rows = [{"image": cfg.image or str(example_image()), "prompt": cfg.prompt}]
+        rows = [{"image": cfg.image or str(example_image(cfg.checkpoint)), "prompt": cfg.prompt}]
     jobs = []
     for i, row in enumerate(rows):
         request = EditRequest(
@@ -109,6 +114,7 @@ def check_inputs(cfg: EditConfig, out: Path) -> tuple[list[Job], torch.device, t
         raise ValueError(f"no such file or folder: {', '.join(absent)}")
     random = resolve_init(cfg.checkpoint, cfg.init, files) == "random"  # else the heads are checked once loaded
     check_parallel(cfg.parallel, launched_world_size(), cfg.model.dit.num_heads if random else None)
+    step_cache_settings(cfg)  # the calibration file readable, the solver and process count supported
     device = resolve_device(cfg.runtime.device)
     dtype = resolve_dtype(cfg.runtime.dtype, device)
     if launched_rank() == 0:  # (torchrun: rank 0 owns the folder)
@@ -164,12 +170,38 @@ def write_outputs(result: EditResult, folder: Path, cfg: EditConfig, request: Ed
         "frames": len(result.frames),
         "reasoning_steps": request.reasoning_steps,
         "dropped_at_step": result.dropped_at,
+        "step_cache": step_cache_summary(result),
         "timings": result.profile.as_dict(),
         "total_seconds": sum(s.seconds for s in result.profile.stages),
         "files": written,
     }
     write_text(folder / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def step_cache_settings(cfg: EditConfig) -> MagCacheSettings | None:
+    """``runtime.step_cache`` as the pipeline takes it (None: off), its calibration loaded; ValueErrors for a
+    missing or malformed calibration, a two-evaluation solver (heun) or several processes."""
+    rt = cfg.runtime
+    if rt.step_cache == "none":
+        return None
+    if cfg.parallel.size > 1:
+        raise ValueError("runtime.step_cache is not supported with parallel.* (several processes)")
+    if cfg.sampler.name not in ONE_EVALUATION_SOLVERS:
+        raise ValueError(
+            f"runtime.step_cache needs one of the solvers {ONE_EVALUATION_SOLVERS}, not {cfg.sampler.name}"
+        )
+    return MagCacheSettings(
+        Calibration.load(rt.step_cache_calibration),
+        threshold=rt.step_cache_threshold,
+        max_skips=rt.step_cache_max_skips,
+        retention=rt.step_cache_retention,
+    )
+
+
+def step_cache_summary(result: EditResult) -> dict:
+    """``summary.json``'s step_cache: method, forwards (DiT calls, computed + skipped), skipped (and which steps)."""
+    return result.step_cache.as_dict() if result.step_cache is not None else {"method": "none"}
 
 
 def build_pipeline(
@@ -215,6 +247,7 @@ def build_pipeline(
         cfg_batched=rt.cfg_batched,
         tiling=rt.vae,
         context_cache=rt.context_cache,
+        step_cache=step_cache_settings(cfg),
     )
     return parallelize_pipeline(pipe, cfg.parallel)  # one process: unchanged
 

@@ -34,6 +34,14 @@ from chronoedit.sampling import (
     flow_schedule,
     sample,
 )
+from chronoedit.sampling.step_cache import (
+    Calibrator,
+    MagCacheSettings,
+    NoStepCache,
+    StepCache,
+    StepCacheStats,
+    guided_with,
+)
 
 PLAIN_FRAMES = 5  # plain editing: the input and the edit, 2 latent frames
 
@@ -89,6 +97,7 @@ class EditResult:
     width: int
     dropped_at: int | None  # step at which the reasoning frames were dropped (None: never)
     profile: Profiler
+    step_cache: StepCacheStats | None = None  # DiT calls made and skipped (runtime.step_cache)
 
     @property
     def is_reasoning_video(self) -> bool:
@@ -103,6 +112,9 @@ class EditPipeline:
     ``device`` only for its stage. ``cfg_batched`` runs the conditional and unconditional DiT passes as one
     doubled batch. ``tiling``: how the VAE runs (tiles / strips; default untiled). ``context_cache``: exact reuse
     of the context's K/V and the RoPE table across steps (same numbers; off: recompute them at every call).
+    ``step_cache``: skip DiT forwards by reusing the block stack's residual (:mod:`chronoedit.sampling.step_cache`:
+    approximate; None = :class:`~chronoedit.sampling.step_cache.NoStepCache`, every forward computed, today's
+    numbers).
     """
 
     def __init__(
@@ -115,13 +127,14 @@ class EditPipeline:
         cfg_batched: bool = False,
         tiling: VAETiling | None = None,
         context_cache: bool = True,
+        step_cache: NoStepCache | MagCacheSettings | Calibrator | None = None,
         progress: bool = True,
     ) -> None:
         self.c = components
         self.device = torch.device(device)
         self.dtype = dtype
         self.offload, self.cfg_batched, self.progress = offload, cfg_batched, progress
-        self.tiling, self.context_cache = tiling, context_cache
+        self.tiling, self.context_cache, self.step_cache = tiling, context_cache, step_cache
         home = torch.device("cpu") if offload else self.device
         for module, dt in self._modules():
             cast_model(module.to(device=home).eval(), dt)
@@ -151,12 +164,14 @@ class EditPipeline:
     # ------------------------------------------------------------------ stages
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Prompts -> (B, 512, text_dim) UMT5 states of the real tokens, zeros after; and each prompt's length."""
+        """Prompts -> (B, text_len, text_dim) UMT5 states of the real tokens, zeros after (text_len: the DiT's, 512
+        for the released model); and each prompt's length."""
         from chronoedit.models.text import clean_prompt, encode_prompts
 
-        _, mask = self.c.tokenizer([clean_prompt(p) for p in prompts])
+        n = self.c.dit.cfg.text_len
+        _, mask = self.c.tokenizer([clean_prompt(p) for p in prompts], max_length=n)
         with self._on_device(self.c.text_encoder) as enc:
-            return encode_prompts(enc, self.c.tokenizer, prompts).to(self.device, self.dtype), mask.sum(1)
+            return encode_prompts(enc, self.c.tokenizer, prompts, max_length=n).to(self.device, self.dtype), mask.sum(1)
 
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> Tensor:
@@ -189,7 +204,15 @@ class EditPipeline:
                 return torch.cat([reason, edit[:, :, 1:]], dim=2)
             return vae.decode(z, tiling=self.tiling)
 
-    def velocity(self, condition: Tensor, keep: Sequence[int], text: Text, clip: Tensor, scale: float) -> VelocityFn:
+    def velocity(
+        self,
+        condition: Tensor,
+        keep: Sequence[int],
+        text: Text,
+        clip: Tensor,
+        scale: float,
+        step_cache: StepCache | None = None,
+    ) -> VelocityFn:
         """The guided velocity v(x, t) (B, 16, T, h, w): the DiT on [x, condition] with the guidance of
         :mod:`chronoedit.sampling.guidance` (none at ``scale ≤ 1``). After the reasoning drop x has fewer frames
         than ``condition``: its frames ``keep`` are used.
@@ -197,12 +220,15 @@ class EditPipeline:
         Exact reuse for the edit (``context_cache``): every block's cross-attention K/V of each prompt (both CFG
         branches) and the RoPE table are computed once (:class:`~chronoedit.models.dit.ContextCache`, dropped
         with this closure), and the DiT input [x, condition] is one buffer per shape whose condition half is
-        written once."""
+        written once.
+
+        ``step_cache`` (approximate, opt-in): told once per evaluation, before the CFG branches, whether this step
+        reuses the cached residual; the one decision holds for both branches (each reuses its own residual)."""
         dit, kept = self.c.dit, condition[:, :, list(keep)]
         cache = ContextCache() if self.context_cache else None
         inputs: dict[tuple[int, ...], Tensor] = {}  # (B, 16 + 20, T, h, w) per shape, condition part filled
 
-        def model(x: Tensor, t: Tensor, context: Tensor, lens: Tensor) -> Tensor:
+        def model(x: Tensor, t: Tensor, context: Tensor, lens: Tensor, branch: str = "cond") -> Tensor:
             b, c = x.shape[0], x.shape[1]
             inp = inputs.get(tuple(x.shape))
             if inp is None:
@@ -211,17 +237,24 @@ class EditPipeline:
                 inputs[tuple(x.shape)] = inp
             else:
                 inp[:, :c].copy_(x)  # the same cast as .to(dtype) of the concatenation
+            if step_cache is not None:
+                out = step_cache.forward(dit, branch, inp, t.expand(b), context, clip.expand(b, -1, -1), lens, cache)
+                return out.float()
             return dit(inp, t.expand(b), context, clip.expand(b, -1, -1), lens, cache=cache).float()
 
         positive = {"context": text.context, "lens": text.lens}
         if text.negative is None or scale <= 1.0:
-            return lambda x, t: model(x, t, **positive)
-        negative = {"context": text.negative, "lens": text.negative_lens}
-        if self.cfg_batched:
-            return classifier_free_guidance_batched(model, positive, negative, scale)
-        return classifier_free_guidance(
-            lambda x, t: model(x, t, **positive), lambda x, t: model(x, t, **negative), scale
-        )
+            guided = lambda x, t: model(x, t, **positive)  # noqa: E731
+        elif self.cfg_batched:
+            negative = {"context": text.negative, "lens": text.negative_lens}
+            batched = lambda x, t, **kw: model(x, t, **kw, branch="batched")  # noqa: E731
+            guided = classifier_free_guidance_batched(batched, positive, negative, scale)
+        else:
+            negative = {"context": text.negative, "lens": text.negative_lens}
+            guided = classifier_free_guidance(
+                lambda x, t: model(x, t, **positive), lambda x, t: model(x, t, **negative, branch="uncond"), scale
+            )
+        return guided if step_cache is None else guided_with(step_cache, guided)
 
     # ------------------------------------------------------------------ the edit
     def __call__(
@@ -262,7 +295,8 @@ class EditPipeline:
 
         keep = FrameDrop.keep if drop is None else drop.keep
         dropped_at = k if drop is not None and k < len(sched) and t_latent > len(keep) else None
-        model = self.velocity(condition, keep, text, clip, request.guidance_scale)
+        step_cache = (self.step_cache or NoStepCache()).start(len(sched), sampler.name)  # this edit's; counts calls
+        model = self.velocity(condition, keep, text, clip, request.guidance_scale, step_cache)
         with prof.stage("denoise"), self._on_device(self.c.dit), torch.no_grad():
             bar = tqdm(total=len(sched), desc="denoise", disable=not self.progress, leave=False)
             with bar:
@@ -270,7 +304,7 @@ class EditPipeline:
         with prof.stage("vae_decode"):
             video = video_to_unit(self.decode(x, reasoning=k > 0, keep=keep))[0].transpose(0, 1).cpu()  # (F, 3, H, W)
         pil = unit_to_images(video)
-        return EditResult(pil[-1], pil, video, x.float().cpu(), height, width, dropped_at, prof)
+        return EditResult(pil[-1], pil, video, x.float().cpu(), height, width, dropped_at, prof, step_cache.stats)
 
 
 def _dtype_of(module: nn.Module) -> torch.dtype:

@@ -176,6 +176,7 @@ def run_eval(
     load_s = time.perf_counter() - t_load
 
     rows, shown = [], []
+    step_cache = {"method": cfg.runtime.step_cache, "forwards": 0, "skipped": 0}  # totals over the items
     items: Iterator[Item] = iter(read_items(b.path, cfg.seed)) if b.path else toy_items(cfg)
     with open(out / "results.jsonl", "w") as results:
         while True:
@@ -187,6 +188,9 @@ def run_eval(
             if pipe is not None:
                 result = pipe(_request(cfg, item), cfg.sampler)
                 pred, frames = result.image, result.frames
+                if result.step_cache is not None:
+                    step_cache["forwards"] += result.step_cache.forwards
+                    step_cache["skipped"] += result.step_cache.skipped
             elif b.baseline == "copy_input":
                 pred, frames = item.image, [item.image] * cfg.num_frames
             else:
@@ -215,6 +219,7 @@ def run_eval(
         "overrides": list(overrides or []),
         "n": len(rows),
         **summarize_rows(rows, METRICS),
+        "step_cache": step_cache if pipe is not None else None,
         "timings": {
             "load_s": load_s,
             "pipeline_s_per_item": sum(r["pipeline_s"] for r in rows) / len(rows),

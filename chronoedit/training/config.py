@@ -242,6 +242,9 @@ class TrainConfig:
     overwrite: bool = False  # allow starting afresh in a non-empty run_dir (its old checkpoints are removed)
 
     def __post_init__(self) -> None:
+        from chronoedit.checkpoint.architecture import named_checkpoint
+
+        self.checkpoint = named_checkpoint(self.checkpoint)
         problems = []
         if self.mode not in ("lora", "full"):
             problems.append(f"mode={self.mode!r} must be lora or full")
@@ -258,6 +261,8 @@ class TrainConfig:
         rt = self.runtime
         if rt.dtype != "auto" or rt.offload or rt.cfg_batched:
             problems.append("runtime.dtype/offload/cfg_batched are inference settings (training: precision.*)")
+        if rt.step_cache != "none":
+            problems.append(f"runtime.step_cache={rt.step_cache!r} is an inference setting (training: none)")
         _check(problems, "training config")
 
     def check_world(self, world_size: int) -> int:

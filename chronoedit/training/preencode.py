@@ -57,7 +57,7 @@ class Row:
 class Encoders:
     """The three encoders as functions (so the tool can be tested without real models)."""
 
-    encode_video: Callable[[Tensor], Tensor]  # (1, 3, F, H, W) in [−1, 1] -> normalised latents (1, 16, T, h, w)
+    encode_video: Callable[[Tensor], Tensor]  # (B, 3, F, H, W) in [−1, 1] -> normalised latents (B, 16, T, h, w)
     encode_text: Callable[[list[str]], Tensor]  # prompts -> (B, 512, D), zeros after the real tokens
     encode_image: Callable[[Image.Image], Tensor]  # the input image -> CLIP tokens (1, Li, Di)
 
@@ -139,8 +139,9 @@ def trim_context(context: Tensor) -> Tensor:
     return context[:used]
 
 
-def encode_row(row: Row, enc: Encoders, cfg: PreencodeConfig, dtype: torch.dtype) -> tuple[str, dict[str, Tensor]]:
-    """(kind, tensors) of one example; ValueError when an image or video cannot be read."""
+def load_row(row: Row, cfg: PreencodeConfig) -> tuple[str, Tensor, Image.Image]:
+    """(kind, video (1, 3, F, H, W) in [−1, 1], the fitted input image) of one row; ValueError when an image or
+    video cannot be read."""
     h, w = cfg.height, cfg.width
     first = fit_image(load_image(row.input), h, w)
     if row.is_video:
@@ -149,16 +150,38 @@ def encode_row(row: Row, enc: Encoders, cfg: PreencodeConfig, dtype: torch.dtype
     else:
         frames = [first] + [fit_image(load_image(row.output), h, w)] * EDIT_REPEATS
         kind = "pair"
-    num_frames = len(frames)
-    check_num_frames(num_frames)
-    video = torch.stack([image_to_tensor(f, h, w)[0] for f in frames], dim=1)[None]  # (1, 3, F, H, W)
+    check_num_frames(len(frames))
+    return kind, torch.stack([image_to_tensor(f, h, w)[0] for f in frames], dim=1)[None], first
+
+
+def encode_loaded(
+    loaded: list[tuple[str, Tensor, Image.Image]], prompts: list[str], enc: Encoders, dtype: torch.dtype
+) -> list[dict[str, Tensor]]:
+    """The tensors of loaded rows of one frame count: the target videos in one VAE call, their condition videos
+    in another (one row: exactly the pipeline's ``encode_condition``), the prompts in one text-encoder call."""
+    num_frames = {v.shape[2] for _, v, _ in loaded}
+    if len(num_frames) != 1:
+        raise ValueError(f"one batch needs one frame count, got {sorted(num_frames)}")
+    (f,) = num_frames
+    videos = [v for _, v, _ in loaded]
+    conds = [first_frame_video(v[:, :, 0], f) for v in videos]
     with torch.no_grad():
-        latents = enc.encode_video(video)[0]  # (16, T, h, w)
-        cond = enc.encode_video(first_frame_video(video[:, :, 0], num_frames))[0]
-        context = trim_context(enc.encode_text([row.prompt])[0])
-        clip = enc.encode_image(first)[0]
-    tensors = {"latents": latents, "cond_latents": cond, "context": context, "clip": clip}
-    return kind, {k: v.to(dtype).cpu() for k, v in tensors.items()}
+        latents = torch.cat([enc.encode_video(torch.cat(videos)), enc.encode_video(torch.cat(conds))])  # (2n, …)
+        contexts = enc.encode_text(prompts)
+        clips = [enc.encode_image(first)[0] for _, _, first in loaded]
+    n = len(loaded)
+    out = []
+    for i in range(n):
+        tensors = {"latents": latents[i], "cond_latents": latents[n + i], "context": trim_context(contexts[i]),
+                   "clip": clips[i]}  # fmt: skip
+        out.append({k: v.to(dtype).cpu() for k, v in tensors.items()})
+    return out
+
+
+def encode_row(row: Row, enc: Encoders, cfg: PreencodeConfig, dtype: torch.dtype) -> tuple[str, dict[str, Tensor]]:
+    """(kind, tensors) of one example; ValueError when an image or video cannot be read."""
+    loaded = load_row(row, cfg)
+    return loaded[0], encode_loaded([loaded], [row.prompt], enc, dtype)[0]
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -176,16 +199,23 @@ def preencode(cfg: PreencodeConfig, enc: Encoders, dtype: torch.dtype = torch.fl
     out.mkdir(parents=True, exist_ok=True)
     (out / CACHE_INDEX).unlink(missing_ok=True)  # written last again: until then the folder is no dataset
     index, skipped = [], []
-    for i, row in enumerate(rows):
-        try:
-            kind, tensors = encode_row(row, enc, cfg, dtype)
-        except ValueError as e:
-            skipped.append({"line": row.line, "reason": str(e)})
-            log.warning("skipping row %d: %s [%d skipped so far]", row.line, e, len(skipped))
-            continue
-        name = f"{i:08d}.safetensors"
-        save_file(tensors, out / name)
-        index.append({"file": name, "kind": kind, "prompt": row.prompt, "source": row.line})
+    for start in range(0, len(rows), cfg.batch):  # cfg.batch rows read, encoded per frame count, written in order
+        loaded = {}
+        for i, row in enumerate(rows[start : start + cfg.batch], start):
+            try:
+                loaded[i] = load_row(row, cfg)
+            except ValueError as e:
+                skipped.append({"line": row.line, "reason": str(e)})
+                log.warning("skipping row %d: %s [%d skipped so far]", row.line, e, len(skipped))
+        encoded = {}
+        for frames in sorted({v.shape[2] for _, v, _ in loaded.values()}):
+            ids = [i for i, (_, v, _) in loaded.items() if v.shape[2] == frames]
+            batch = encode_loaded([loaded[i] for i in ids], [rows[i].prompt for i in ids], enc, dtype)
+            encoded.update(zip(ids, batch))
+        for i in sorted(encoded):
+            name = f"{i:08d}.safetensors"
+            save_file(encoded[i], out / name)
+            index.append({"file": name, "kind": loaded[i][0], "prompt": rows[i].prompt, "source": rows[i].line})
     with torch.no_grad():
         save_file({"context": trim_context(enc.encode_text([""])[0]).to(dtype).cpu()}, out / EMPTY_PROMPT)
     counts = {k: sum(r["kind"] == k for r in index) for k in ("pair", "video")}
@@ -221,9 +251,11 @@ __all__ = [
     "Encoders",
     "Row",
     "clip_video",
+    "encode_loaded",
     "encode_row",
     "encoders_from_components",
     "fit_image",
+    "load_row",
     "preencode",
     "read_metadata",
     "read_video",

@@ -61,6 +61,8 @@ CLIP_PRESETS: dict[str, CLIPVisionConfig] = {
     "vit_h_14": CLIPVisionConfig(),
     # Random-weight test model: 3 checkpoint layers (2 run), width 32, 28² input (5 tokens).
     "tiny": CLIPVisionConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=3, patch_size=14, image_size=28),
+    # ChronoEdit-Toy: frozen at its seeded random initialisation; 56² input, 17 tokens of width 64.
+    "toy": CLIPVisionConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=3, patch_size=14, image_size=56),
 }
 
 

@@ -82,6 +82,18 @@ DIT_PRESETS: dict[str, DiTConfig] = {
         image_dim=48,
         freq_dim=32,
     ),
+    # ChronoEdit-Toy, trained from scratch on the toy world (make toy): 6 blocks of width 256 (7.8M
+    # parameters); prompts of the grammar are at most 12 tokens, so the text is padded to 16, not 512.
+    "toy": DiTConfig(
+        dim=256,
+        num_heads=4,
+        num_layers=6,
+        ffn_dim=1024,
+        text_dim=64,
+        image_dim=64,
+        freq_dim=64,
+        text_len=16,
+    ),
 }
 
 

@@ -47,6 +47,8 @@ UMT5_PRESETS: dict[str, UMT5Config] = {
     "umt5_xxl": UMT5Config(),
     # Random-weight test model: 2 layers, width 32, vocabulary of the test tokenizer (tests/fixtures_text.py).
     "tiny": UMT5Config(vocab_size=1024, dim=32, ffn_dim=64, num_heads=4, head_dim=8, num_layers=2),
+    # ChronoEdit-Toy: frozen at its seeded random initialisation, on the toy grammar's tokenizer (384 ids).
+    "toy": UMT5Config(vocab_size=384, dim=64, ffn_dim=128, num_heads=2, head_dim=32, num_layers=2),
 }
 
 

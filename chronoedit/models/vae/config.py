@@ -78,6 +78,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "wan21": VAEConfig(),
     # Random-weight demo / test model: same levels and latent channels, 8 base channels, 1 block per level.
     "tiny": VAEConfig(base_dim=8, num_res_blocks=1),
+    # ChronoEdit-Toy: 16 base channels, 1 block per level (2.6M parameters); its latent statistics are measured
+    # on the toy world after training (tools/train_toy_vae.py writes them into the checkpoint's config).
+    "toy": VAEConfig(base_dim=16, num_res_blocks=1),
 }
 
 
