@@ -78,7 +78,6 @@ def test_toy_cli_moves_an_independently_drawn_object(tmp_path):
     ys, xs = np.nonzero(red)
     assert len(xs) > 200, "the red circle vanished"
     assert abs(xs.mean() - (86 - 32)) <= 8 and abs(ys.mean() - 44) <= 8, (xs.mean(), ys.mean())
-    assert (out / "reasoning.mp4").exists() or any(out.glob("reasoning.*")), sorted(p.name for p in out.iterdir())
 
 
 def test_toy_recipe_runs_every_stage(tmp_path):

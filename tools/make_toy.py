@@ -37,7 +37,14 @@ SHIP = ROOT / "chronoedit" / "assets" / "toy"
 STAGES = ("dataset", "tokenizer", "vae", "base", "preencode", "train", "eval")
 # The CI regression check of the shipped model (tests/test_toy_model.py): 36 held-out edits (6 per kind), 8 steps,
 # no reasoning; ``ship`` measures it into recipe.json → regression, the test asserts the same figure.
-REGRESSION = ["benchmark.n=36", "benchmark.seed=1", "sampler.steps=8", "reasoning.steps=0", "benchmark.grid=0"]
+REGRESSION = [
+    "preset=toy",
+    "benchmark.n=36",
+    "benchmark.seed=1",
+    "sampler.steps=8",
+    "reasoning.steps=0",
+    "benchmark.grid=0",
+]
 
 
 def grammar_prompts() -> list[str]:
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 logs / "train.log")  # fmt: skip
             info = train_summary(run_dir)
         elif stage == "eval":
-            run([py, "infer/eval.py", f"checkpoint={run_dir / 'export'}", f"benchmark.n={args.eval_n}",
+            run([py, "infer/eval.py", "preset=toy", f"checkpoint={run_dir / 'export'}", f"benchmark.n={args.eval_n}",
                  f"benchmark.seed={args.eval_seed}", f"output_dir={eval_dir}", "overwrite=true",
                  *(["sampler.steps=2", "reasoning.steps=1"] if args.smoke else [])], logs / "eval.log")  # fmt: skip
             info = eval_summary(eval_dir)
