@@ -229,3 +229,30 @@ def test_every_experiment_and_debug_config_composes():
     with pytest.raises(Exception, match="exactly one data source"):
         config("data.cache=/data")
     assert json.loads(json.dumps(config().__dict__, default=str))
+
+
+def test_export_every_snapshots_the_ema_weights_along_the_run(tmp_path):
+    """checkpoints.export_every=N (full training) writes exports/step_N… along the run — the EMA weights of that
+    step as a loadable native checkpoint — so that success can be measured against training time."""
+    from safetensors.torch import load_file
+
+    from chronoedit.checkpoint.native import load_native_config
+
+    cfg = config("mode=full", "steps=4", "checkpoints.every=0", "checkpoints.export_every=2", "ema.enabled=true",
+                 "ema.decay=0.5", "optim.lr=3e-3")  # fmt: skip
+    trainer = Trainer(cfg, tmp_path, WORLD)
+    trainer.fit(until=2)
+    at_two = {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    trainer.fit()
+    final = trainer.export()
+    snaps = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert snaps == ["step_000002"]  # the last step is the final export, not a snapshot
+    snap = load_file(tmp_path / "exports" / "step_000002" / "dit.safetensors")
+    last = load_file(final / "dit.safetensors")
+    assert load_native_config(tmp_path / "exports" / "step_000002").configs.keys() >= {
+        "dit",
+        "vae",
+    }  # a native checkpoint
+    name = next(k for k in at_two if k in snap)
+    assert torch.allclose(snap[name].float(), at_two[name].float().to(snap[name].dtype).float())
+    assert not torch.equal(snap[name], last[name])  # it is the step-2 state, not the end of the run

@@ -207,9 +207,11 @@ class CheckpointConfig:
     every: int = 500  # steps between checkpoints (0: only at the end)
     keep: int = 3  # newest complete checkpoints kept (older ones are deleted)
     export_dtype: str = "bfloat16"  # of the exported weights (full fine-tuning) / LoRA
+    export_every: int = 0  # full training: also export to exports/step_NNNNNN every N steps (0: only at the end)
 
     def __post_init__(self) -> None:
-        problems = [] if self.every >= 0 and self.keep >= 1 else [f"every={self.every} >= 0, keep={self.keep} >= 1"]
+        ok = self.every >= 0 and self.keep >= 1 and self.export_every >= 0
+        problems = [] if ok else [f"every={self.every} >= 0, keep={self.keep} >= 1, export_every >= 0"]
         _dtype(self.export_dtype, "export_dtype", problems)
         _check(problems, "checkpoint config")
 

@@ -65,8 +65,10 @@ def export_lora(
     return path
 
 
-def export_full(model: nn.Module, cfg: TrainConfig, run_dir: Path, world: World, ema_shadow=None) -> Path:
-    """``<run_dir>/export/``: a native checkpoint (the format ``tools/convert.py`` writes) holding the trained DiT
+def export_full(
+    model: nn.Module, cfg: TrainConfig, run_dir: Path, world: World, ema_shadow=None, folder: Path | None = None
+) -> Path:
+    """``folder`` (default ``<run_dir>/export/``): a native checkpoint (the format ``tools/convert.py`` writes) holding the trained DiT
     in ``export_dtype`` (fp32 islands kept) and the other components it was trained with — the seeded random
     ones of ``cfg.model`` (``init=random``) or those of ``cfg.checkpoint`` — with their tokenizer, image
     preprocessing and scheduler. Its config holds the architecture only (no ``runtime.*``)."""
@@ -77,7 +79,7 @@ def export_full(model: nn.Module, cfg: TrainConfig, run_dir: Path, world: World,
         t = full_tensor(trained.get(name, p))  # collective; only the main process keeps the result
         if world.is_main:
             out[name] = t.to(island_dtype(ChronoEditDiT.keep_fp32, name, dtype))
-    path = Path(run_dir) / EXPORT_DIR
+    path = Path(folder) if folder is not None else Path(run_dir) / EXPORT_DIR
     if world.is_main:
         _save_model(path, cfg, model.cfg, out)
     return path

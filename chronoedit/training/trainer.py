@@ -206,15 +206,18 @@ class Trainer:
                 self.metrics.log(r)
             if (every and self.step % every == 0) or self.step == self.cfg.steps:
                 self.save()
+            snapshot = self.cfg.checkpoints.export_every
+            if self.cfg.mode == "full" and snapshot and self.step % snapshot == 0 and self.step < self.cfg.steps:
+                self.export(self.run_dir / "exports" / f"step_{self.step:06d}")  # success against training time
         return records
 
-    def export(self) -> Path:
+    def export(self, folder: Path | None = None) -> Path:
         """The trained LoRA (``lora.safetensors``), or for full training the whole model as a native checkpoint
-        folder (``export/``: the trained DiT and the components it was trained with), in the run folder."""
+        folder (``folder``, default ``export/``: the trained DiT and the components it was trained with)."""
         shadow = self.ema.shadow if (self.ema is not None and self.cfg.ema.export) else None
         if self.cfg.mode == "lora":
             return export_lora(self.model, self.targets, self.cfg, self.run_dir, self.world, shadow)
-        return export_full(self.model, self.cfg, self.run_dir, self.world, shadow)
+        return export_full(self.model, self.cfg, self.run_dir, self.world, shadow, folder)
 
     @torch.no_grad()
     def plan_loss(self, plan: StepPlan, step: int) -> float:
