@@ -51,7 +51,9 @@ def test_toy_regression_success_matches_the_shipped_figure(tmp_path):
     got = json.loads((out / "metrics.json").read_text())["overall"]
     # ±3 of 36 edits: CPU kernels differ between machines and a borderline edit may flip; a broken model drops to ~0
     assert abs(got["success"]["mean"] - expected["success"]) <= 3 / 36 + 1e-9, (got["success"], expected)
-    assert got["psnr_bg"]["mean"] >= expected["psnr_bg"] - 1.5
+    # the PSNRs are means over 36 edits: far steadier than the success count, so they pin the numerics closer
+    assert abs(got["psnr_bg"]["mean"] - expected["psnr_bg"]) <= 1.0, (got["psnr_bg"], expected)
+    assert abs(got["psnr"]["mean"] - expected["psnr"]) <= 1.0, (got["psnr"], expected)
 
 
 def _hard_edged_scene(path: Path) -> None:

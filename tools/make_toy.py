@@ -143,10 +143,10 @@ def stage_base(work: Path, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="working folder (every stage's output; refused if not empty)")
-    p.add_argument("--n", type=int, default=4000, help="training examples")
+    p.add_argument("--n", type=int, default=3000, help="training examples")
     p.add_argument("--clip-ratio", type=float, default=0.1, help="share of trajectory clips")
-    p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--dit-steps", type=int, default=2400)
+    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--dit-steps", type=int, default=3000)
     p.add_argument("--eval-n", type=int, default=500, help="held-out edits evaluated")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (the held-out split uses --eval-seed)")
     p.add_argument("--eval-seed", type=int, default=1)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"run_dir={run_dir}", f"steps={args.dit_steps}", "overwrite=true",
                  *(["checkpoints.every=2", "log_every=1", "ema.decay=0.5"] if args.smoke else []), *args.train],
                 logs / "train.log")  # fmt: skip
-            info = train_summary(run_dir)
+            info = train_summary(run_dir, time.perf_counter() - t0)
         elif stage == "eval":
             run([py, "infer/eval.py", "preset=toy", f"checkpoint={run_dir / 'export'}", f"benchmark.n={args.eval_n}",
                  f"benchmark.seed={args.eval_seed}", f"output_dir={eval_dir}", "overwrite=true",
@@ -219,29 +219,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_summary(run_dir: Path) -> dict:
-    """Samples/s and the last loss from the trainer's metrics log."""
-    rows = []
-    for name in ("metrics.jsonl", "train_metrics.jsonl"):
-        f = run_dir / name
-        if f.is_file():
-            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            break
+def train_summary(run_dir: Path, seconds: float) -> dict:
+    """The last loss, samples/s over the stage's wall time and, per step kind, the median of the logged steps."""
+    import statistics
+
+    from omegaconf import OmegaConf
+
+    f = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
     if not rows:
         return {}
-    rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
-    return {"steps": rows[-1].get("step"), "loss": rows[-1].get("loss"),
-            "samples_per_s": round(sum(rates) / len(rates), 2) if rates else None}  # fmt: skip
+    batch = OmegaConf.load(run_dir / "config.yaml").batch_size
+    by_kind = {}
+    for kind in sorted({r.get("kind", "pair") for r in rows}):
+        rates = [r["samples_per_s"] for r in rows if r.get("kind", "pair") == kind and "samples_per_s" in r]
+        by_kind[f"{kind}_samples_per_s"] = round(statistics.median(rates), 2)
+    return {"steps": rows[-1]["step"], "loss": rows[-1]["loss"],
+            "samples_per_s": round(rows[-1]["step"] * batch / seconds, 2), **by_kind}  # fmt: skip
 
 
 def eval_summary(folder: Path) -> dict:
-    """Success (mean and 95% interval) overall and per edit kind, and the background PSNR, from metrics.json."""
+    """Success (mean and 95% interval) overall and per edit kind, the PSNR (background, whole image to the target)
+    and the centroid error, from metrics.json."""
     m = json.loads((folder / "metrics.json").read_text())
 
     def pick(d: dict) -> dict:
         out = {"success": d["success"]["mean"], "ci95": d["success"]["ci95"], "n": d["success"]["n"]}
-        if d.get("psnr_bg"):
-            out["psnr_bg"] = d["psnr_bg"]["mean"]
+        for k in ("psnr_bg", "psnr", "centroid_error_px"):
+            if d.get(k):
+                out[k] = d[k]["mean"]
         return out
 
     return {"overall": pick(m["overall"]), **{k: pick(v) for k, v in m["by_kind"].items()}}
