@@ -19,7 +19,7 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 demo: $(VENV)/.base
-	$(PYTHON) infer/edit.py
+	$(PYTHON) infer/edit.py reasoning.steps=16 save_frames=true
 
 # ChronoEdit-Toy from nothing (dataset, tokenizer, VAE, pre-encoding, DiT, eval; ~1 h on a 2-core CPU), shipped to
 # chronoedit/assets/toy. TOY_WORK holds every intermediate (regenerated from seeds; never committed).
