@@ -100,6 +100,7 @@ def plot_sweep(path: Path, keys: list[str], labels: list[list[str]], ms: list[di
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.0), squeeze=False)
     for ax, k in zip(axes[0], shown):
         pts = [(x, m["overall"][k]) for x, m in zip(positions, ms) if k in m["overall"]]
+        pts = sorted(pts, key=lambda p: p[0]) if xs is not None else pts  # a numeric axis: a line, left to right
         if pts:
             x, s = zip(*pts)
             mean = [v["mean"] for v in s]
