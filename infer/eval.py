@@ -2,7 +2,8 @@
 
     python infer/eval.py                                         # the toy world's held-out split, tiny model
     python infer/eval.py checkpoint=runs/toy/... benchmark.n=600 benchmark.size=128
-    python infer/eval.py benchmark.baseline=copy_input           # reference rows, no model: also =truth
+    python infer/eval.py benchmark.baseline=copy_input           # reference rows, no model: also =truth;
+                                                                # =vae_roundtrip: the truth through the VAE
     python infer/eval.py benchmark.path=data/toy_test/truth.jsonl # any items file (targets optional)
     python infer/eval.py -m reasoning.steps=0,5,50 sampler.steps=50   # a sweep: sweep.md, sweep.csv, sweep.png
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -84,6 +85,34 @@ def test_the_baselines_need_no_model_and_bracket_the_metrics(tmp_path, monkeypat
     assert copy["overall"]["success"]["mean"] == 0.0 and copy["overall"]["success"]["ci95"][0] == 0.0
     assert set(copy["by_kind"]) == {"move", "scale", "recolor", "rotate", "drop", "swap"}
     assert Image.open(tmp_path / "copy" / "grid.png").size[1] == 2 * 142 + 14
+
+
+def test_the_vae_roundtrip_baseline_scores_the_truth_through_the_vae_without_the_dit(tmp_path, monkeypatch):
+    """The DiT's upper bound: the true edit pair through the checkpoint's VAE, last frame; the DiT never runs."""
+    import torch
+
+    from chronoedit.models.dit.model import ChronoEditDiT
+    from chronoedit.pipeline.images import image_to_tensor
+    from chronoedit.toyworld.sample import sample_example
+
+    monkeypatch.setattr(ChronoEditDiT, "forward", lambda *a, **k: pytest.fail("the roundtrip ran the DiT"))
+    cfg = EvalConfig(benchmark=BenchmarkConfig(n=2, size=64, grid=0, baseline="vae_roundtrip", save_edits=True))
+    m = run_eval(cfg, tmp_path / "rt")
+    assert m["n"] == 2 and m["step_cache"] is None and m["timings"]["pipeline_s_per_item"] > 0
+    assert 0 < m["overall"]["psnr"]["mean"] < 60  # the tiny random VAE is far from the identity
+    from chronoedit.pipeline.job import build_pipeline
+
+    vae = build_pipeline(cfg).c.vae
+    ex = sample_example(cfg.benchmark.seed, 0, 64, "test")
+    from chronoedit.toyworld.draw import render
+
+    pair = [image_to_tensor(render(ex.scene), 64, 64)] + [image_to_tensor(render(ex.target), 64, 64)] * 4
+    with torch.no_grad():
+        video = torch.stack(pair, dim=2).to(next(vae.parameters()).dtype)
+        last = vae.decode(vae.encode(video))[0, :, -1].float()  # (3, 64, 64) in [−1, 1]
+    want = ((last.clamp(-1, 1) * 0.5 + 0.5) * 255).round().permute(1, 2, 0).to(torch.uint8).numpy()
+    got = np.asarray(Image.open(tmp_path / "rt" / "edits" / "0000_move.png"))
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # rounding of the last frame
 
 
 def test_an_items_file_is_evaluated_with_the_metrics_its_targets_allow(tmp_path):

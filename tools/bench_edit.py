@@ -55,6 +55,7 @@ def worker(impl: str, folder: Path, args) -> None:
 
     torch.set_num_threads(args.threads)
     im, frames = image(args.height, args.width), 29 if args.reasoning else 5
+    skips: dict = {}  # ours with --step-cache: DiT forwards skipped / computed + skipped
     if impl == "ours":
         from chronoedit.pipeline import EditPipeline, EditRequest
         from chronoedit.pipeline.components import load_components
@@ -77,11 +78,8 @@ def worker(impl: str, folder: Path, args) -> None:
 
         def edit():
             r = pipe(request, sampler)
-            if r.step_cache is not None and r.step_cache.skipped:
-                print(
-                    f"step cache: {r.step_cache.skipped} of {r.step_cache.forwards} DiT forwards skipped",
-                    file=sys.stderr,
-                )
+            if args.step_cache is not None and r.step_cache is not None:
+                skips.update(skipped=r.step_cache.skipped, forwards=r.step_cache.forwards)
             return r.video, r.latents
     else:
         import diffusers
@@ -112,7 +110,7 @@ def worker(impl: str, folder: Path, args) -> None:
         seconds = time.perf_counter() - t0
     save_file({"video": video.float().contiguous(), "latents": latents.float().contiguous()},
               str(folder / f"out_{impl}.safetensors"))  # fmt: skip
-    emit({"seconds": seconds, "peak_rss_mib": peak_rss_mib()})
+    emit({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), **({"step_cache": skips} if skips else {})})
 
 
 def main() -> None:
@@ -162,6 +160,9 @@ def main() -> None:
         frames = (a["video"] - b["video"]).abs().max().item() * 255
         lat = ((a["latents"] - b["latents"]).abs().max() / b["latents"].std()).item()
         print(f"output difference ours vs diffusers: frames {frames:.4f}/255, latents {lat:.2e} σ")
+        if "step_cache" in results["ours"][-1]:
+            sc = results["ours"][-1]["step_cache"]
+            print(f"step cache: {sc['skipped']} of {sc['forwards']} DiT forwards skipped")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from chronoedit.pipeline.config import EditConfig
 from chronoedit.toyworld.edits import KINDS
 from chronoedit.toyworld.world import CANVASES
 
-BASELINES = ("copy_input", "truth")
+BASELINES = ("copy_input", "truth", "vae_roundtrip")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class BenchmarkConfig:
     n: int = 60  # toy items; the kinds cycle (60 = 10 of each)
     size: int = 128  # toy canvas: 64, 128 or 256 (the edit runs at this size unless height/width are given)
     kinds: list[str] = field(default_factory=lambda: list(KINDS))  # the toy edit kinds to cycle through
-    baseline: str | None = None  # copy_input | truth: reference rows without running a model
+    baseline: str | None = None  # copy_input | truth | vae_roundtrip: reference rows without the DiT
     grid: int = 8  # items shown in grid.png (input | edit | truth)
     save_edits: bool = True  # edits/<item>.png
 

@@ -8,7 +8,9 @@ each against its truth, and write
 
 Items are the toy world's held-out split (generated on the fly: ``sample_example(seed, i, size, "test")``, the
 examples ``tools/make_toy_dataset.py --split test`` writes) or the rows of ``benchmark.path``. Baselines:
-``copy_input`` (the edit is the input, the video its copies) and ``truth`` (the true edit and trajectory).
+``copy_input`` (the edit is the input, the video its copies), ``truth`` (the true edit and trajectory) and
+``vae_roundtrip`` (the true edit video [input, edit × 4] encoded and decoded by the checkpoint's VAE, its last
+frame scored: the best any DiT can do through that VAE — its video is not scored).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from chronoedit.pipeline.images import image_to_tensor, unit_to_images, video_to_unit
 from chronoedit.pipeline.pipeline import EditRequest
-from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA
+from chronoedit.pipeline.resolution import DEFAULT_MAX_AREA, resolve_size
 from chronoedit.toyworld.draw import render
 from chronoedit.toyworld.eval_config import EvalConfig
 from chronoedit.toyworld.metrics import psnr, score_edit, score_video
@@ -104,8 +108,8 @@ def read_items(path: str | Path, base_seed: int) -> list[Item]:
 def check_inputs(cfg: EvalConfig) -> None:
     """The checks that need no model: the items file, the baseline's needs, the edit settings."""
     items = read_items(cfg.benchmark.path, cfg.seed) if cfg.benchmark.path else [next(toy_items(cfg))]
-    if cfg.benchmark.baseline == "truth" and any(it.target is None for it in items):
-        raise ValueError("benchmark.baseline=truth needs a 'target' image in every item")
+    if cfg.benchmark.baseline in ("truth", "vae_roundtrip") and any(it.target is None for it in items):
+        raise ValueError(f"benchmark.baseline={cfg.benchmark.baseline} needs a 'target' image in every item")
     for it in items:
         _request(cfg, it).validate()
 
@@ -130,6 +134,19 @@ def score(item: Item, pred: Image.Image, frames: list[Image.Image] | None) -> di
     if item.target is not None:
         return {"psnr": psnr(as_array(pred.convert("RGB").resize(item.target.size)), as_array(item.target))}
     return {}
+
+
+@torch.no_grad()
+def vae_roundtrip(pipe, request: EditRequest, target: Image.Image) -> Image.Image:
+    """The true edit through the pipeline's VAE as an edit pair is encoded ([input, edit × 4] → 2 latent frames)
+    and decoded: the last frame, at the request's resolution."""
+    height, width = resolve_size(request.image.size, request.height, request.width, request.max_area)
+    frames = [image_to_tensor(request.image, height, width)] + [image_to_tensor(target, height, width)] * 4
+    video = torch.stack(frames, dim=2)  # (1, 3, 5, H, W)
+    with pipe._on_device(pipe.c.vae) as vae:
+        dtype = next(vae.parameters()).dtype
+        out = vae.decode(vae.encode(video.to(pipe.device, dtype), tiling=pipe.tiling), tiling=pipe.tiling)
+    return unit_to_images(video_to_unit(out[0, :, -1:].transpose(0, 1)).cpu())[0]
 
 
 def write_grid(rows: list[tuple[Item, Image.Image]], path: Path) -> None:
@@ -168,7 +185,7 @@ def run_eval(
         (out / "edits").mkdir(exist_ok=True)
     t_load = time.perf_counter()
     pipe = None
-    if b.baseline is None:
+    if b.baseline in (None, "vae_roundtrip"):
         from chronoedit.pipeline.job import build_pipeline
 
         pipe = build_pipeline(cfg, model_overrides=model_overrides) if model_overrides else build_pipeline(cfg)
@@ -185,7 +202,9 @@ def run_eval(
             if item is None:
                 break
             t1 = time.perf_counter()
-            if pipe is not None:
+            if b.baseline == "vae_roundtrip":
+                pred, frames = vae_roundtrip(pipe, _request(cfg, item), item.target), None
+            elif pipe is not None:
                 result = pipe(_request(cfg, item), cfg.sampler)
                 pred, frames = result.image, result.frames
                 if result.step_cache is not None:
@@ -202,7 +221,7 @@ def run_eval(
                 pred.save(out / "edits" / f"{item.name}.png")
             if len(shown) < b.grid:
                 shown.append((item, pred))
-            row["pipeline_s"] = t2 - t1 if pipe is not None else 0.0
+            row["pipeline_s"] = t2 - t1 if pipe is not None else 0.0  # the roundtrip's VAE time included
             row["eval_s"] = (t1 - t0) + (time.perf_counter() - t2)  # making the item, scoring, saving
             results.write(json.dumps(row) + "\n")
             results.flush()
@@ -219,7 +238,7 @@ def run_eval(
         "overrides": list(overrides or []),
         "n": len(rows),
         **summarize_rows(rows, METRICS),
-        "step_cache": step_cache if pipe is not None else None,
+        "step_cache": step_cache if pipe is not None and b.baseline is None else None,
         "timings": {
             "load_s": load_s,
             "pipeline_s_per_item": sum(r["pipeline_s"] for r in rows) / len(rows),

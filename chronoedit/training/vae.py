@@ -54,6 +54,8 @@ class VAETrainConfig:
     init_seed: int = 0
     log_every: int = 50
     stats_videos: int = 128  # whole-frame videos measured for latents_mean / latents_std
+    fg_weight: float = 0.0  # extra weight of the pixels that differ from the frame's background (0: plain mean)
+    object_crops: float = 0.0  # share of crops placed on a non-background pixel of the video's last frame
 
     def __post_init__(self) -> None:
         self.mix = tuple(float(m) for m in self.mix)
@@ -64,6 +66,8 @@ class VAETrainConfig:
             problems.append(f"crop={self.crop} must be a positive multiple of 8")
         if len(self.mix) != 3 or min(self.mix) < 0 or sum(self.mix) <= 0:
             problems.append(f"mix={self.mix} must be three non-negative weights (pair, condition, window)")
+        if self.fg_weight < 0 or not 0 <= self.object_crops <= 1:
+            problems.append(f"fg_weight={self.fg_weight} must be >= 0 and object_crops={self.object_crops} in [0, 1]")
         if not self.lr > 0 or self.kl_weight < 0:
             problems.append(f"lr={self.lr} must be > 0 and kl_weight={self.kl_weight} >= 0")
         if problems:
@@ -130,6 +134,24 @@ def to_tensor(videos: list[np.ndarray], zero_tail: list[bool]) -> Tensor:
     return x
 
 
+def background(frame: np.ndarray) -> np.ndarray:
+    """(3,) a frame's background colour: the per-channel median of its border pixels."""
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]])
+    return np.median(border, axis=0)
+
+
+def _object_crop(frame: np.ndarray, crop: int, rng: np.random.Generator, fallback: tuple[int, int]) -> tuple[int, int]:
+    """A crop's top-left corner that puts a random non-background pixel of ``frame`` (H, W, 3) inside it."""
+    h, w, _ = frame.shape
+    ys, xs = np.nonzero(np.abs(frame.astype(np.int16) - background(frame)).max(-1) > 24)
+    if len(ys) == 0:
+        return fallback
+    i = int(rng.integers(len(ys)))
+    y = int(np.clip(ys[i] - rng.integers(crop), 0, h - crop))
+    x = int(np.clip(xs[i] - rng.integers(crop), 0, w - crop))
+    return y, x
+
+
 def sample_batch(bank: FrameBank, cfg: VAETrainConfig, rng: np.random.Generator) -> Tensor:
     """(B, 3, 5, crop, crop): kinds drawn by ``cfg.mix``, one crop position per video."""
     p = np.asarray(cfg.mix) / sum(cfg.mix)
@@ -139,6 +161,8 @@ def sample_batch(bank: FrameBank, cfg: VAETrainConfig, rng: np.random.Generator)
     for kind in kinds:
         v = bank.video(kind, rng)
         y, x = int(rng.integers(h - cfg.crop + 1)), int(rng.integers(w - cfg.crop + 1))
+        if rng.random() < cfg.object_crops:
+            y, x = _object_crop(v[-1] if kind != "condition" else v[0], cfg.crop, rng, (y, x))
         videos.append(v[:, y : y + cfg.crop, x : x + cfg.crop])
     return to_tensor(videos, [k == "condition" for k in kinds])
 
@@ -150,18 +174,34 @@ def vae_loss(
     generator: torch.Generator,
     sample: bool = False,
     mse_l1_mix: float = 0.1,
+    fg_weight: float = 0.0,
 ) -> tuple[Tensor, dict]:
-    """L1 reconstruction of the posterior mean (or a reparameterised sample) + ``kl_weight`` · mean KL per latent
-    element (without sampling, its mean² term keeps the latents small)."""
+    """MSE + 0.1 · L1 reconstruction of the posterior mean (or a reparameterised sample) + ``kl_weight`` · mean KL
+    per latent element (without sampling, its mean² term keeps the latents small). ``fg_weight``: each pixel that
+    differs from its frame's background (the median of frame 0's border, > 0.2 in any channel) weighs
+    1 + fg_weight (a condition video's zero frames excepted), so that small objects' colours are not outvoted by
+    the flat background."""
     mean, logvar = vae.encode_moments(video).chunk(2, dim=1)  # (B, z, T, h, w) each
     logvar = logvar.clamp(-30.0, 20.0)
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator) if sample else mean
     recon = vae.decode_step(z)[0]  # (B, 3, F, H, W), not clamped
     err = recon - video
+    w = torch.ones_like(video[:, :1])  # (B, 1, F, H, W) per-pixel weight, mean 1
+    if fg_weight > 0:
+        bg = video.new_tensor(np.stack([background(f) for f in _frame0(video)]))  # (B, 3)
+        fg = (video - bg[:, :, None, None, None]).abs().amax(1, keepdim=True) > 0.2  # (B, 1, F, H, W)
+        fg &= video.ne(0).flatten(3).any(-1).any(1, keepdim=True)[..., None, None]  # not a condition's zero frame
+        w = 1.0 + fg_weight * fg.float()
+        w = w / w.mean()
     l1, mse = err.abs().mean(), err.pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    loss = mse + l1 * mse_l1_mix + kl_weight * kl
+    loss = (w * err.pow(2)).mean() + (w * err.abs()).mean() * mse_l1_mix + kl_weight * kl
     return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
+
+
+def _frame0(video: Tensor) -> np.ndarray:
+    """(B, H, W, 3) frame 0 of each video (B, 3, F, H, W), in its own units."""
+    return video[:, :, 0].permute(0, 2, 3, 1).detach().cpu().numpy()
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
@@ -205,7 +245,7 @@ def train_vae(cfg: VAETrainConfig, vae_cfg: VAEConfig, threads: int | None = Non
     curve, t_train = [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
         video = sample_batch(bank, cfg, rng)
-        loss, parts = vae_loss(vae, video, cfg.kl_weight, gen, cfg.sample)
+        loss, parts = vae_loss(vae, video, cfg.kl_weight, gen, cfg.sample, fg_weight=cfg.fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
