@@ -184,9 +184,13 @@ class EditPipeline:
     def encode_condition(self, image: Image.Image, height: int, width: int, num_frames: int) -> Tensor:
         """Condition (1, 20, T, h, w): first-frame mask ++ normalised latents of [image, zeros × (F−1)]."""
         video = first_frame_video(image_to_tensor(image, height, width), num_frames)  # (1, 3, F, H, W)
+        return build_condition(self.encode_video(video), num_frames)
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Video (B, 3, F, H, W) in [−1, 1] -> normalised latents (B, 16, T, h, w), float32."""
         with self._on_device(self.c.vae) as vae:
-            latents = vae.encode(video.to(self.device, _dtype_of(vae)), tiling=self.tiling).float()
-        return build_condition(latents, num_frames)
+            return vae.encode(video.to(self.device, _dtype_of(vae)), tiling=self.tiling).float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor, reasoning: bool, keep: Sequence[int] = FrameDrop.keep) -> Tensor:

@@ -142,11 +142,9 @@ def vae_roundtrip(pipe, request: EditRequest, target: Image.Image) -> Image.Imag
     and decoded: the last frame, at the request's resolution."""
     height, width = resolve_size(request.image.size, request.height, request.width, request.max_area)
     frames = [image_to_tensor(request.image, height, width)] + [image_to_tensor(target, height, width)] * 4
-    video = torch.stack(frames, dim=2)  # (1, 3, 5, H, W)
-    with pipe._on_device(pipe.c.vae) as vae:
-        dtype = next(vae.parameters()).dtype
-        out = vae.decode(vae.encode(video.to(pipe.device, dtype), tiling=pipe.tiling), tiling=pipe.tiling)
-    return unit_to_images(video_to_unit(out[0, :, -1:].transpose(0, 1)).cpu())[0]
+    latents = pipe.encode_video(torch.stack(frames, dim=2))  # (1, 3, 5, H, W) -> (1, 16, 2, h, w)
+    last = video_to_unit(pipe.decode(latents, reasoning=False))[0, :, -1:].transpose(0, 1).cpu()  # (1, 3, H, W)
+    return unit_to_images(last)[0]
 
 
 def write_grid(rows: list[tuple[Item, Image.Image]], path: Path) -> None:

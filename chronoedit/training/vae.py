@@ -36,6 +36,7 @@ from chronoedit.models.vae.config import VAEConfig
 log = logging.getLogger("chronoedit.training")
 
 KINDS = ("pair", "condition", "window")
+FG_THRESHOLD = 0.2  # in [−1, 1] units: a pixel this far from the background in some channel belongs to an object
 
 
 @dataclass
@@ -143,7 +144,7 @@ def background(frame: np.ndarray) -> np.ndarray:
 def _object_crop(frame: np.ndarray, crop: int, rng: np.random.Generator, fallback: tuple[int, int]) -> tuple[int, int]:
     """A crop's top-left corner that puts a random non-background pixel of ``frame`` (H, W, 3) inside it."""
     h, w, _ = frame.shape
-    ys, xs = np.nonzero(np.abs(frame.astype(np.int16) - background(frame)).max(-1) > 24)
+    ys, xs = np.nonzero(np.abs(frame.astype(np.int16) - background(frame)).max(-1) > FG_THRESHOLD * 127.5)
     if len(ys) == 0:
         return fallback
     i = int(rng.integers(len(ys)))
@@ -178,7 +179,7 @@ def vae_loss(
 ) -> tuple[Tensor, dict]:
     """MSE + 0.1 · L1 reconstruction of the posterior mean (or a reparameterised sample) + ``kl_weight`` · mean KL
     per latent element (without sampling, its mean² term keeps the latents small). ``fg_weight``: each pixel that
-    differs from its frame's background (the median of frame 0's border, > 0.2 in any channel) weighs
+    differs from its frame's background (the median of frame 0's border, > FG_THRESHOLD in any channel) weighs
     1 + fg_weight (a condition video's zero frames excepted), so that small objects' colours are not outvoted by
     the flat background."""
     mean, logvar = vae.encode_moments(video).chunk(2, dim=1)  # (B, z, T, h, w) each
@@ -186,22 +187,26 @@ def vae_loss(
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator) if sample else mean
     recon = vae.decode_step(z)[0]  # (B, 3, F, H, W), not clamped
     err = recon - video
-    w = torch.ones_like(video[:, :1])  # (B, 1, F, H, W) per-pixel weight, mean 1
-    if fg_weight > 0:
-        bg = video.new_tensor(np.stack([background(f) for f in _frame0(video)]))  # (B, 3)
-        fg = (video - bg[:, :, None, None, None]).abs().amax(1, keepdim=True) > 0.2  # (B, 1, F, H, W)
-        fg &= video.ne(0).flatten(3).any(-1).any(1, keepdim=True)[..., None, None]  # not a condition's zero frame
-        w = 1.0 + fg_weight * fg.float()
-        w = w / w.mean()
     l1, mse = err.abs().mean(), err.pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-    loss = (w * err.pow(2)).mean() + (w * err.abs()).mean() * mse_l1_mix + kl_weight * kl
+    if fg_weight > 0:
+        w = foreground_weight(video, fg_weight)  # (B, 1, F, H, W), mean 1
+        loss = (w * err.pow(2)).mean() + (w * err.abs()).mean() * mse_l1_mix + kl_weight * kl
+    else:
+        loss = mse + l1 * mse_l1_mix + kl_weight * kl
     return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
 
 
-def _frame0(video: Tensor) -> np.ndarray:
-    """(B, H, W, 3) frame 0 of each video (B, 3, F, H, W), in its own units."""
-    return video[:, :, 0].permute(0, 2, 3, 1).detach().cpu().numpy()
+def foreground_weight(video: Tensor, fg_weight: float) -> Tensor:
+    """(B, 1, F, H, W) per-pixel loss weights of ``video`` (B, 3, F, H, W) in [−1, 1], normalised to mean 1:
+    1 + fg_weight where a pixel differs from frame 0's background by more than FG_THRESHOLD in a channel (a
+    condition video's all-zero frames excepted), 1 elsewhere."""
+    frame0 = video[:, :, 0].permute(0, 2, 3, 1).detach().cpu().numpy()  # (B, H, W, 3)
+    bg = video.new_tensor(np.stack([background(f) for f in frame0]))  # (B, 3)
+    fg = (video - bg[:, :, None, None, None]).abs().amax(1, keepdim=True) > FG_THRESHOLD
+    fg &= video.ne(0).flatten(3).any(-1).any(1, keepdim=True)[..., None, None]  # not a condition's zero frame
+    w = 1.0 + fg_weight * fg.float()
+    return w / w.mean()
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
