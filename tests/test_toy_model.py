@@ -87,10 +87,14 @@ def test_toy_recipe_runs_every_stage(tmp_path):
     """tools/make_toy.py --smoke: dataset, tokenizer, VAE, base checkpoint, pre-encoding, DiT training, export and
     evaluation for a few steps each, through the real entry points."""
     work = tmp_path / "toy"
-    done = subprocess.run([sys.executable, "tools/make_toy.py", "--work", str(work), "--smoke"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run([sys.executable, "tools/make_toy.py", "--work", str(work), "--smoke", "--vae-snapshot-every",
+                           "1", "--vae-gain", "2.45", "--vae-schedule", "constant", "--vae-object-crops", "0.5"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     recipe = json.loads((work / "recipe.json").read_text())
+    snap = json.loads((work / "vae" / "step_1" / "report.json").read_text())  # the VAE's snapshot, scored
+    assert snap["step"] == 1 and set(snap["roundtrip"]) == {"success", "found", "psnr", "psnr_bg"}
+    assert (work / "vae" / "step_1" / "vae.safetensors").is_file() and "roundtrip" in recipe["stages"]["vae"]
     assert list(recipe["stages"]) == ["dataset", "tokenizer", "vae", "base", "preencode", "train", "eval"]
     assert (work / "run" / "export" / "chronoedit.yaml").is_file()
     assert recipe["stages"]["tokenizer"]["longest_prompt_tokens"] <= 16  # fits the toy DiT's text_len
@@ -99,7 +103,8 @@ def test_toy_recipe_runs_every_stage(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr  # nothing the user made is overwritten
 
 
-@pytest.mark.parametrize("bad", [["--tag", "x"], ["--tag", "x", "--from-stage", "vae"]])
+@pytest.mark.parametrize("bad", [["--tag", "x"], ["--tag", "x", "--from-stage", "vae"],
+                                 ["--from-stage", "base", "--to-stage", "vae"]])
 def test_toy_recipe_tag_is_only_for_dit_ablations(tmp_path, bad):
     work = tmp_path / "w"
     work.mkdir()

@@ -73,3 +73,19 @@ def test_fg_weight_ignores_a_condition_videos_zero_frames():
 def test_vae_train_config_rejects_bad_weights(bad):
     with pytest.raises(ValueError, match="fg_weight"):
         VAETrainConfig(dataset="x", **bad)
+
+
+@pytest.mark.parametrize("bad", [{"init_gain": 0.0}, {"schedule": "linear"}, {"snapshot_every": -1}])
+def test_vae_train_config_rejects_bad_init_schedule_and_snapshots(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        VAETrainConfig(dataset="x", **bad)
+
+
+def test_constant_schedule_holds_the_lr_after_warmup_and_cosine_decays_to_10_percent():
+    from chronoedit.training.vae import _lr_factor
+
+    const = VAETrainConfig(dataset="x", steps=1000, warmup_steps=10, schedule="constant")
+    cos = VAETrainConfig(dataset="x", steps=1000, warmup_steps=10)
+    assert _lr_factor(4, const) == _lr_factor(4, cos) == pytest.approx(0.5)  # the same warm-up
+    assert [_lr_factor(s, const) for s in (10, 500, 1000, 5000)] == [1.0] * 4
+    assert _lr_factor(10, cos) == pytest.approx(1.0) and _lr_factor(1000, cos) == pytest.approx(0.1)

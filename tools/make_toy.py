@@ -8,7 +8,8 @@ Stages (each a real entry point or library call; ``WORK/recipe.json`` records se
 
     dataset    tools/make_toy_dataset.py: pairs and 29-frame trajectory clips of the toy world (train split)
     tokenizer  a sentencepiece unigram model on every prompt of the grammar (UMT5's conventions)
-    vae        chronoedit/training/vae.py: the causal Wan VAE from scratch, then its latent statistics
+    vae        chronoedit/training/vae.py: the causal Wan VAE from scratch, then its latent statistics; snapshots
+               every 1000 steps scored by the round trip of true edits (a perfect DiT's ceiling) on a validation seed
     base       a native checkpoint: the trained VAE, the DiT / UMT5 / CLIP at seeded random init, the tokenizer
     preencode  train/preencode.py at 128×128 (clips: 29 frames → 8 latent frames)
     train      train/train.py experiment=toy (the DiT from scratch; pairs and clips mixed) → WORK/run/export
@@ -37,6 +38,9 @@ SHIP = ROOT / "chronoedit" / "assets" / "toy"
 STAGES = ("dataset", "tokenizer", "vae", "base", "preencode", "train", "eval")
 # The CI regression check of the shipped model (tests/test_toy_model.py): 36 held-out edits (6 per kind), 8 steps,
 # no reasoning; ``ship`` measures it into recipe.json → regression, the test asserts the same figure.
+# Snapshots of the VAE are scored on this split (neither the training seed nor the held-out evaluation's), so that
+# choosing among them never looks at the held-out edits.
+VALIDATION_SEED = 2
 REGRESSION = [
     "preset=toy",
     "benchmark.n=36",
@@ -93,22 +97,75 @@ def stage_tokenizer(work: Path) -> dict:
     return {"prompts": len(prompts), "pieces": sp.get_piece_size(), "longest_prompt_tokens": longest}
 
 
+def roundtrip_score(vae, n: int, seed: int) -> dict:
+    """The VAE's ceiling on held-out edits: each true pair video [input, edit × 4] encoded, decoded and its last
+    frame scored as an edit (what ``infer/eval.py benchmark.baseline=vae_roundtrip`` measures through the
+    pipeline; here on the bare VAE, to judge snapshots while the VAE trains)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from chronoedit.toyworld.draw import render
+    from chronoedit.toyworld.metrics import score_edit
+    from chronoedit.toyworld.sample import sample_example
+
+    def frame(img):
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+    rows = []
+    vae.eval()
+    with torch.no_grad():
+        for i in range(n):
+            ex = sample_example(seed, i, split="test")
+            before, after = render(ex.scene), render(ex.target)
+            video = torch.stack([frame(before)] + [frame(after)] * 4, 1)[None]  # (1, 3, 5, H, W)
+            last = vae.decode_raw(vae.encode_moments(video).chunk(2, 1)[0])[0, :, -1].clamp(-1, 1)
+            pred = Image.fromarray(((last + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+            rows.append(score_edit(pred, ex.truth(), after))
+    return {k: round(float(np.mean([r[k] for r in rows if r.get(k) is not None])), 4)
+            for k in ("success", "found", "psnr", "psnr_bg")}  # fmt: skip
+
+
 def stage_vae(work: Path, args) -> dict:
     from safetensors.torch import save_file
 
     from chronoedit.checkpoint.native import config_to_dict
     from chronoedit.models.spec import MODEL_PRESETS
-    from chronoedit.training.vae import VAETrainConfig, train_vae
+    from chronoedit.training.vae import VAETrainConfig, latent_stats, train_vae
 
-    cfg = VAETrainConfig(dataset=str(work / "data"), steps=args.vae_steps, batch_size=8, crop=32, lr=2e-3,
-                         stats_videos=16 if args.smoke else 128, log_every=10 if args.smoke else 100)  # fmt: skip
-    vae, report = train_vae(cfg, MODEL_PRESETS["toy"].vae, threads=args.threads)
+    cfg = VAETrainConfig(dataset=str(work / "data"), steps=args.vae_steps, batch_size=8, crop=32, lr=args.vae_lr,
+                         init_gain=args.vae_gain, object_crops=args.vae_object_crops, schedule=args.vae_schedule,
+                         snapshot_every=args.vae_snapshot_every, stats_videos=16 if args.smoke else 128,
+                         log_every=10 if args.smoke else 100)  # fmt: skip
     out = work / "vae"
     out.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, out / "vae.safetensors")
-    (out / "config.json").write_text(json.dumps(config_to_dict(vae.cfg)))
+    n_check = 4 if args.smoke else 40
+
+    def save(folder: Path, vae) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()}, folder / "vae.safetensors")
+        (folder / "config.json").write_text(json.dumps(config_to_dict(vae.cfg)))
+
+    def snapshot(step: int, vae, bank) -> None:
+        """WORK/vae/step_N: a checkpoint with its latent statistics and round-trip score (for a longer run's
+        success against VAE training time; with schedule=constant it equals a run of N steps)."""
+        import dataclasses
+
+        vae.eval()
+        mean, std, score = latent_stats(vae, bank, cfg.stats_videos, cfg.seed)
+        copy = dataclasses.replace(vae.cfg, latents_mean=tuple(mean), latents_std=tuple(std))
+        cfg_saved, vae.cfg = vae.cfg, copy
+        save(out / f"step_{step}", vae)
+        vae.cfg = cfg_saved
+        check = {"step": step, "psnr_db": round(score, 2), "roundtrip": roundtrip_score(vae, n_check, VALIDATION_SEED)}
+        (out / f"step_{step}" / "report.json").write_text(json.dumps(check))
+        print(f"vae snapshot {json.dumps(check)}", flush=True)
+
+    vae, report = train_vae(cfg, MODEL_PRESETS["toy"].vae, threads=args.threads, snapshot=snapshot)
+    save(out, vae)
+    report["roundtrip"] = roundtrip_score(vae, n_check, VALIDATION_SEED)
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    return {k: report[k] for k in ("steps", "train_seconds", "frames_per_s", "samples_per_s", "psnr_db")}
+    return {k: report[k] for k in ("steps", "train_seconds", "frames_per_s", "samples_per_s", "psnr_db", "roundtrip")}
 
 
 def stage_base(work: Path, args) -> dict:
@@ -145,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="working folder (every stage's output; refused if not empty)")
     p.add_argument("--n", type=int, default=3000, help="training examples")
     p.add_argument("--clip-ratio", type=float, default=0.1, help="share of trajectory clips")
-    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--vae-steps", type=int, default=5000)
+    p.add_argument("--vae-lr", type=float, default=1.5e-3)
+    p.add_argument("--vae-gain", type=float, default=2.45, help="VAE conv init scale (VAETrainConfig.init_gain)")
+    p.add_argument("--vae-object-crops", type=float, default=0.5, help="share of VAE crops placed on an object")
+    p.add_argument("--vae-schedule", choices=("cosine", "constant"), default="constant")
+    p.add_argument("--vae-snapshot-every", type=int, default=1000, help="WORK/vae/step_N snapshots, round-trip "
+                   "scored on a validation seed (0: none)")  # fmt: skip
     p.add_argument("--dit-steps", type=int, default=3000)
     p.add_argument("--eval-n", type=int, default=500, help="held-out edits evaluated")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (the held-out split uses --eval-seed)")
@@ -155,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="*", default=[], help="extra train/train.py overrides (ablations)")
     p.add_argument("--tag", default="", help="ablations: train into WORK/run-TAG, evaluate into WORK/eval-TAG")
     p.add_argument("--from-stage", choices=STAGES, default="dataset", help="resume: skip the stages before")
+    p.add_argument("--to-stage", choices=STAGES, default="eval", help="stop after this stage")
     p.add_argument("--smoke", action="store_true", help="every stage for a few steps (tests)")
     p.add_argument("--ship", action="store_true", help="copy the export to chronoedit/assets/toy with its card")
     args = p.parse_args(argv)
@@ -178,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --tag is for ablations of the DiT: use it with --from-stage train (or eval)", file=sys.stderr)
         return 2
     recipe["args"] = vars(args)
-    todo = STAGES[STAGES.index(args.from_stage) :]
+    todo = STAGES[STAGES.index(args.from_stage) : STAGES.index(args.to_stage) + 1]
+    if not todo:
+        print(f"error: --to-stage {args.to_stage} comes before --from-stage {args.from_stage}", file=sys.stderr)
+        return 2
     for stage in todo:
         t0 = time.perf_counter()
         info: dict = {}

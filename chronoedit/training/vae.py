@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,10 @@ class VAETrainConfig:
     stats_videos: int = 128  # whole-frame videos measured for latents_mean / latents_std
     fg_weight: float = 0.0  # extra weight of the pixels that differ from the frame's background (0: plain mean)
     object_crops: float = 0.0  # share of crops placed on a non-background pixel of the video's last frame
+    init_gain: float = 1.0  # conv weights start at uniform(±gain/√fan_in) (2.45 ≈ Kaiming's std √(2/fan_in))
+    schedule: str = "cosine"  # "cosine" (warm-up, cosine to 10%) or "constant" (warm-up, then lr: a snapshot at
+    #                            step N equals a run of N steps)
+    snapshot_every: int = 0  # call train_vae's ``snapshot`` every N steps (0: never)
 
     def __post_init__(self) -> None:
         self.mix = tuple(float(m) for m in self.mix)
@@ -69,6 +74,9 @@ class VAETrainConfig:
             problems.append(f"mix={self.mix} must be three non-negative weights (pair, condition, window)")
         if self.fg_weight < 0 or not 0 <= self.object_crops <= 1:
             problems.append(f"fg_weight={self.fg_weight} must be >= 0 and object_crops={self.object_crops} in [0, 1]")
+        if not self.init_gain > 0 or self.schedule not in ("cosine", "constant") or self.snapshot_every < 0:
+            problems.append(f"init_gain={self.init_gain} must be > 0, schedule={self.schedule!r} one of "
+                            f"'cosine', 'constant', snapshot_every={self.snapshot_every} >= 0")  # fmt: skip
         if not self.lr > 0 or self.kl_weight < 0:
             problems.append(f"lr={self.lr} must be > 0 and kl_weight={self.kl_weight} >= 0")
         if problems:
@@ -231,9 +239,16 @@ def latent_stats(vae: WanVAE, bank: FrameBank, n: int, seed: int) -> tuple[list[
     return z.mean(1).tolist(), z.std(1).clamp_min(1e-4).tolist(), float(np.mean(scores))
 
 
-def train_vae(cfg: VAETrainConfig, vae_cfg: VAEConfig, threads: int | None = None) -> tuple[WanVAE, dict]:
+def train_vae(
+    cfg: VAETrainConfig,
+    vae_cfg: VAEConfig,
+    threads: int | None = None,
+    snapshot: Callable[[int, WanVAE, FrameBank], None] | None = None,
+) -> tuple[WanVAE, dict]:
     """Train a VAE of ``vae_cfg`` from seeded random weights; returns it (with measured latent statistics in its
-    config) and a report {steps, seconds, frames_per_s, loss curve, psnr_db, latents_mean, latents_std}."""
+    config) and a report {steps, seconds, frames_per_s, loss curve, psnr_db, latents_mean, latents_std}.
+    ``snapshot(step, vae, bank)`` is called every ``cfg.snapshot_every`` steps (the model in train mode; the
+    time it takes is not counted in ``train_seconds``)."""
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -244,10 +259,15 @@ def train_vae(cfg: VAETrainConfig, vae_cfg: VAEConfig, threads: int | None = Non
     read_s = time.perf_counter() - t0
     torch.manual_seed(cfg.init_seed)
     vae = WanVAE(vae_cfg).init_weights(torch.Generator().manual_seed(cfg.init_seed)).train()
+    if cfg.init_gain != 1.0:
+        with torch.no_grad():
+            for p in vae.parameters():
+                if p.ndim >= 2:
+                    p.mul_(cfg.init_gain)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     rng, gen = np.random.default_rng([cfg.seed, 0]), torch.Generator().manual_seed(cfg.seed)
-    curve, t_train = [], time.perf_counter()
+    curve, t_train, paused = [], time.perf_counter(), 0.0
     for step in range(1, cfg.steps + 1):
         video = sample_batch(bank, cfg, rng)
         loss, parts = vae_loss(vae, video, cfg.kl_weight, gen, cfg.sample, fg_weight=cfg.fg_weight)
@@ -257,11 +277,16 @@ def train_vae(cfg: VAETrainConfig, vae_cfg: VAEConfig, threads: int | None = Non
         opt.step()
         sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - t_train
+            elapsed = time.perf_counter() - t_train - paused
             curve.append({"step": step, "loss": float(loss.detach()), **parts, "seconds": round(elapsed, 1)})
             log.info("vae step %d/%d  loss %.4f  l1 %.4f  kl %.3f  %.0fs", step, cfg.steps, float(loss.detach()),
                      parts["l1"], parts["kl"], elapsed)  # fmt: skip
-    train_s = time.perf_counter() - t_train
+        if snapshot is not None and cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.steps:
+            t_snap = time.perf_counter()
+            snapshot(step, vae, bank)
+            vae.train()
+            paused += time.perf_counter() - t_snap
+    train_s = time.perf_counter() - t_train - paused
     vae.eval()
     mean, std, score = latent_stats(vae, bank, cfg.stats_videos, cfg.seed)
     vae.cfg = dataclasses.replace(vae.cfg, latents_mean=tuple(mean), latents_std=tuple(std))
@@ -281,9 +306,11 @@ def train_vae(cfg: VAETrainConfig, vae_cfg: VAEConfig, threads: int | None = Non
 
 
 def _lr_factor(step: int, cfg: VAETrainConfig) -> float:
-    """Linear warm-up, then cosine to 10%."""
+    """Linear warm-up, then cosine to 10% (or constant)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
