@@ -103,8 +103,9 @@ def test_toy_recipe_runs_every_stage(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr  # nothing the user made is overwritten
 
 
-@pytest.mark.parametrize("bad", [["--tag", "x"], ["--tag", "x", "--from-stage", "vae"],
-                                 ["--from-stage", "base", "--to-stage", "vae"]])
+@pytest.mark.parametrize(
+    "bad", [["--tag", "x"], ["--tag", "x", "--from-stage", "vae"], ["--from-stage", "base", "--to-stage", "vae"]]
+)
 def test_toy_recipe_tag_is_only_for_dit_ablations(tmp_path, bad):
     work = tmp_path / "w"
     work.mkdir()
