@@ -48,8 +48,8 @@ def test_yaml_defaults_equal_dataclass_defaults(name, schema):
 
 def test_the_toy_preset_states_the_toy_settings():
     cfg = composed("edit", EditConfig, ("preset=toy", "checkpoint=tiny"))  # the toy weights need not be built
-    assert (cfg.height, cfg.width, cfg.prompt) == (128, 128, "move the red circle left")
-    assert (cfg.sampler.steps, cfg.sampler.shift, cfg.guidance_scale, cfg.reasoning.steps) == (16, 3.0, 1.0, 4)
+    assert (cfg.height, cfg.width, cfg.prompt) == (128, 128, "turn the red circle green")
+    assert (cfg.sampler.steps, cfg.sampler.shift, cfg.guidance_scale, cfg.reasoning.steps) == (16, 3.0, 1.0, 0)
     toy_sampler = composed("edit", EditConfig, ("preset=tiny", "sampler=toy")).sampler
     assert toy_sampler == cfg.sampler  # configs/sampler/toy.yaml and the preset agree
 

@@ -66,7 +66,7 @@ def _hard_edged_scene(path: Path) -> None:
 
 
 @shipped
-@pytest.mark.xfail(strict=True, reason="the shipped ChronoEdit-Toy does not edit yet (0/500 held-out): README")
+@pytest.mark.xfail(strict=True, reason="the shipped ChronoEdit-Toy does not move objects yet (README: success by kind)")
 def test_toy_cli_moves_an_independently_drawn_object(tmp_path):
     from chronoedit.toyworld.segment import as_array
 

@@ -11,7 +11,9 @@ A diffusers-layout pipeline folder is written once: the DiT at Wan-1.3B width (1
 ``--layers`` blocks), UMT5 and CLIP at their real widths (4096 / 1280; one and two blocks), the released Wan 2.1
 VAE configuration. Each implementation runs in its own process (peak RSS is its own), A B A B …: load,
 ``--warmup`` untimed edits (default 0), then the timed edit (text, image, VAE encode, denoise, VAE decode). Medians of pairwise
-ratios and the output difference (frames, max |Δ| × 255; latents, max |Δ| / σ) are printed.
+ratios and the output difference (frames, max |Δ| × 255; latents, max |Δ| / σ) are printed, then where the
+timed edit's seconds went in each implementation, measured the same way on both (a wall-clock wrapper around the
+text encoder's, the image tower's and the DiT's forward and the VAE's encode and decode; "rest" is the remainder).
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ def image(height: int, width: int, seed: int = 3):
     return Image.fromarray((big.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
 
 
+STAGES = ("text", "image", "vae_encode", "dit", "vae_decode")
+
+
+def _time_calls(owners: dict[str, tuple[object, str]], seconds: dict[str, float]) -> None:
+    """Wrap ``owner.method`` (on the instance) so that its wall time adds up in ``seconds[stage]``."""
+    for stage, (owner, method) in owners.items():
+        inner = getattr(owner, method)
+
+        def timed(*a, _inner=inner, _stage=stage, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                seconds[_stage] += time.perf_counter() - t0
+
+        setattr(owner, method, timed)
+
+
 def worker(impl: str, folder: Path, args) -> None:
     from safetensors.torch import save_file
 
@@ -75,6 +95,9 @@ def worker(impl: str, folder: Path, args) -> None:
             with torch.inference_mode():
                 pipe(dataclasses.replace(request, image=image(args.height, args.width, seed=11), seed=8), sampler)
             pipe.step_cache = MagCacheSettings(calibrator.calibration(), threshold=args.step_cache)
+        c = pipe.c
+        owners = {"text": (c.text_encoder, "forward"), "image": (c.image_encoder, "forward"),
+                  "vae_encode": (c.vae, "encode"), "dit": (c.dit, "forward"), "vae_decode": (c.vae, "decode")}  # fmt: skip
 
         def edit():
             r = pipe(request, sampler)
@@ -87,6 +110,9 @@ def worker(impl: str, folder: Path, args) -> None:
         pipe = diffusers.ChronoEditPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
         pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=args.shift)
         pipe.set_progress_bar_config(disable=True)
+        owners = {"text": (pipe.text_encoder, "forward"), "image": (pipe.image_encoder, "forward"),
+                  "vae_encode": (pipe.vae, "encode"), "dit": (pipe.transformer, "forward"),
+                  "vae_decode": (pipe.vae, "decode")}  # fmt: skip
 
         def edit():
             final = {}
@@ -102,15 +128,20 @@ def worker(impl: str, folder: Path, args) -> None:
                        callback_on_step_end=keep).frames[0]  # fmt: skip
             return torch.from_numpy(out).permute(0, 3, 1, 2), final["latents"]
 
+    stages = dict.fromkeys(STAGES, 0.0)
+    _time_calls(owners, stages)
     with torch.inference_mode():
         for _ in range(args.warmup):
             edit()
+        stages.update(dict.fromkeys(STAGES, 0.0))  # the timed edit only
         t0 = time.perf_counter()
         video, latents = edit()
         seconds = time.perf_counter() - t0
+    stages["rest"] = seconds - sum(stages.values())
     save_file({"video": video.float().contiguous(), "latents": latents.float().contiguous()},
               str(folder / f"out_{impl}.safetensors"))  # fmt: skip
-    emit({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), **({"step_cache": skips} if skips else {})})
+    emit({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "stages": stages,
+          **({"step_cache": skips} if skips else {})})  # fmt: skip
 
 
 def main() -> None:
@@ -160,6 +191,13 @@ def main() -> None:
         frames = (a["video"] - b["video"]).abs().max().item() * 255
         lat = ((a["latents"] - b["latents"]).abs().max() / b["latents"].std()).item()
         print(f"output difference ours vs diffusers: frames {frames:.4f}/255, latents {lat:.2e} σ")
+        import statistics
+
+        print("where the timed edit's seconds went (medians over the rounds):")
+        print(f"{'stage':>10} | {'ours s':>7} | {'diffusers s':>11} | ratio")
+        for stage in (*STAGES, "rest"):
+            o, d = (statistics.median(r["stages"][stage] for r in results[n]) for n in ("ours", "diffusers"))
+            print(f"{stage:>10} | {o:7.2f} | {d:11.2f} | {o / d if d > 0 else float('nan'):.2f}")
         if "step_cache" in results["ours"][-1]:
             sc = results["ours"][-1]["step_cache"]
             print(f"step cache: {sc['skipped']} of {sc['forwards']} DiT forwards skipped")
