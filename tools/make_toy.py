@@ -330,6 +330,8 @@ def demo_scene():
 
 def ship(run_dir: Path, recipe: dict) -> None:
     """RUN/export → chronoedit/assets/toy, with example.png (the demo scene), recipe.json, MODEL_CARD.md."""
+    from omegaconf import OmegaConf
+
     from chronoedit.toyworld.draw import render
     from chronoedit.toyworld.world import valid
 
@@ -347,6 +349,7 @@ def ship(run_dir: Path, recipe: dict) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     size = sum(f.stat().st_size for f in SHIP.rglob("*") if f.is_file())
     ev = recipe["stages"].get("eval", {})
+    preset = OmegaConf.load(ROOT / "configs" / "preset" / "toy.yaml")
     rows = [f"| {k} | {v['success']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | {v['n']} |"
             for k, v in ev.items() if isinstance(v, dict) and "success" in v]  # fmt: skip
     card = [
@@ -362,7 +365,8 @@ def ship(run_dir: Path, recipe: dict) -> None:
         + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in recipe["stages"].items())
         + f"; total {recipe['total_seconds'] / 60:.1f} min.",
         f"- Size: {size / 2**20:.1f} MiB (DiT in bf16, fp32 islands kept; VAE in bf16, norm scales fp32).",
-        "- Settings: configs/preset/toy.yaml (UniPC 16 steps, shift 3, no CFG, reasoning 4 steps, 128×128).",
+        f"- Settings: configs/preset/toy.yaml (UniPC {preset.sampler.steps} steps, shift {preset.sampler.shift:g}, guidance "
+        f"{preset.guidance_scale:g}, reasoning {preset.reasoning.steps} steps, {preset.height}×{preset.width}).",
         "",
         "Held-out split (`infer/eval.py`, benchmark.seed=1, an unseen seed), success with 95% Wilson interval:",
         "",
