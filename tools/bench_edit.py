@@ -19,6 +19,7 @@ text encoder's, the image tower's and the DiT's forward and the VAE's encode and
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,8 +192,6 @@ def main() -> None:
         frames = (a["video"] - b["video"]).abs().max().item() * 255
         lat = ((a["latents"] - b["latents"]).abs().max() / b["latents"].std()).item()
         print(f"output difference ours vs diffusers: frames {frames:.4f}/255, latents {lat:.2e} σ")
-        import statistics
-
         print("where the timed edit's seconds went (medians over the rounds):")
         print(f"{'stage':>10} | {'ours s':>7} | {'diffusers s':>11} | ratio")
         for stage in (*STAGES, "rest"):

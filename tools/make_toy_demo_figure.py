@@ -20,21 +20,16 @@ from PIL import Image, ImageDraw
 PAD, SCALE = 6, 2
 
 
-def _reasoning(run: Path) -> int:
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.load(run / "config.yaml").reasoning.steps)
-
-
 def figure(run: Path, also: tuple[Path, ...] = ()) -> Image.Image:
     frames = sorted((run / "frames").glob("*.png"))
     if not frames:
         raise ValueError(f"{run}: no frames/ (run infer/edit.py with save_frames=true)")
-    summary = json.loads((run / "summary.json").read_text())
-    for other in also:
-        if json.loads((other / "summary.json").read_text())["prompt"] != summary["prompt"]:
-            raise ValueError(f"{other}: another prompt than {run}'s")
     runs = (*also, run)
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    summary = summaries[-1]
+    for other, s in zip(also, summaries):
+        if s["prompt"] != summary["prompt"]:
+            raise ValueError(f"{other}: another prompt than {run}'s")
     first = Image.open(frames[0]).convert("RGB")
     w, h = first.size
     edits = [Image.open(r / "edit.png").convert("RGB") for r in runs]
@@ -47,10 +42,9 @@ def figure(run: Path, also: tuple[Path, ...] = ()) -> Image.Image:
     for i, im in enumerate(big):
         x = PAD + i * (w * SCALE + PAD)
         canvas.paste(im, (x, 30))
-        label = "input (decoded frame 0)" if i == 0 else f"edit, reasoning {_reasoning(runs[i - 1])} steps"
+        label = "input (decoded frame 0)" if i == 0 else f"edit, reasoning {summaries[i - 1]['reasoning_steps']} steps"
         draw.text((x, 16), label, fill="black")
     y = 30 + h * SCALE + PAD + 10
-    y = 18 + h * SCALE + PAD + 10
     draw.text((PAD, y - 12), f"reasoning video (frames 0, 4, …, {4 * (len(strip) - 1)} of {len(frames)})", fill="black")
     for i, im in enumerate(strip):
         canvas.paste(im, (PAD + i * (w + PAD), y))
